@@ -1,0 +1,418 @@
+//! The login, step by step, against traits for the PAM handle and the daemon.
+
+use smartsign_proto::{Client, ClientError, LoginContext, Request, Response, Secret};
+
+use crate::args::{Args, Failmode};
+use crate::outcome::Outcome;
+
+/// The longest answer passed on to the daemon; a code is six digits.
+pub const MAX_ANSWER: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Error,
+    Warning,
+    Info,
+    Debug,
+}
+
+/// What the login needs from the PAM handle.
+pub trait Pam {
+    /// `PAM_USER`, asking the application for it if it is not set yet.
+    fn user(&mut self) -> Result<String, Outcome>;
+    fn service(&self) -> Option<String>;
+    fn rhost(&self) -> Option<String>;
+    fn tty(&self) -> Option<String>;
+    /// Asks with echo off. `Ok(None)` when the application gave no answer.
+    fn prompt_hidden(&mut self, prompt: &str) -> Result<Option<Secret>, Outcome>;
+    /// Tells the user something went wrong (`PAM_ERROR_MSG`).
+    fn error(&mut self, text: &str);
+    /// Logs through `pam_syslog` (LOG_AUTHPRIV).
+    fn log(&mut self, priority: Priority, text: &str);
+}
+
+/// One request to smartsignd, one answer.
+pub trait Daemon {
+    fn call(&self, request: Request) -> Result<Response, ClientError>;
+}
+
+impl Daemon for Client {
+    fn call(&self, request: Request) -> Result<Response, ClientError> {
+        Client::call(self, request)
+    }
+}
+
+/// The whole of `pam_sm_authenticate`. `now` is Unix seconds.
+pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u64) -> Outcome {
+    let user = match pam.user() {
+        Ok(user) => user,
+        Err(outcome) => {
+            pam.log(Priority::Error, "cannot get the user name");
+            return outcome;
+        }
+    };
+    let login = LoginContext {
+        user,
+        service: pam.service().unwrap_or_default(),
+        rhost: pam.rhost(),
+        tty: pam.tty(),
+    };
+
+    let phones = match daemon.call(Request::Begin { login: login.clone() }) {
+        Ok(Response::Challenge { phones }) => phones,
+        Ok(Response::NotEnrolled) => {
+            if args.debug {
+                pam.log(Priority::Debug, "user is not enrolled; the rest of the stack decides");
+            }
+            return Outcome::Ignore;
+        }
+        Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
+        Ok(other) => return unavailable(pam, args, &describe(&other)),
+        Err(err) => return unavailable(pam, args, &err.to_string()),
+    };
+    if args.debug {
+        pam.log(Priority::Debug, &format!("asking for a code from {} phone(s)", phones.len()));
+    }
+
+    let prompt = format!("SmartSign code for {}: ", printable(&login.user));
+    let code = match pam.prompt_hidden(&prompt) {
+        Ok(Some(code)) => code,
+        Ok(None) => {
+            pam.log(Priority::Info, "the application returned no answer to the code prompt");
+            return Outcome::AuthErr;
+        }
+        Err(outcome) => {
+            pam.log(Priority::Warning, "the conversation failed at the code prompt");
+            return outcome;
+        }
+    };
+    if code.expose().len() > MAX_ANSWER {
+        pam.log(Priority::Warning, &format!("refused an answer of over {MAX_ANSWER} bytes"));
+        pam.error("SmartSign: that is not a code.");
+        return Outcome::AuthErr;
+    }
+
+    match daemon.call(Request::VerifyCode { login, code }) {
+        Ok(Response::Allow { phone }) => {
+            if args.debug {
+                pam.log(Priority::Debug, &format!("code accepted from phone {phone:?}"));
+            }
+            Outcome::Success
+        }
+        Ok(Response::Deny { reason }) => {
+            pam.error(&format!("SmartSign: {}.", reason.describe()));
+            Outcome::AuthErr
+        }
+        Ok(Response::LockedOut { until }) => locked_out(pam, until, now),
+        Ok(other) => unavailable(pam, args, &describe(&other)),
+        Err(err) => unavailable(pam, args, &err.to_string()),
+    }
+}
+
+fn locked_out(pam: &mut dyn Pam, until: u64, now: u64) -> Outcome {
+    let minutes = until.saturating_sub(now).div_ceil(60).max(1);
+    let unit = if minutes == 1 { "minute" } else { "minutes" };
+    pam.error(&format!(
+        "SmartSign: too many wrong codes. Try again in {minutes} {unit}, \
+         or ask your administrator to unlock your account."
+    ));
+    Outcome::MaxTries
+}
+
+/// SmartSign cannot decide. The fail mode says what the login does about it.
+fn unavailable(pam: &mut dyn Pam, args: &Args, why: &str) -> Outcome {
+    match args.failmode {
+        Failmode::Secure => {
+            pam.log(Priority::Error, &format!("failmode=secure, refusing the login: {why}"));
+            pam.error("SmartSign is unavailable, so the login is refused. Contact your administrator.");
+            Outcome::AuthInfoUnavail
+        }
+        Failmode::Safe => {
+            pam.log(
+                Priority::Warning,
+                &format!("failmode=safe, no second factor asked, the rest of the stack decides: {why}"),
+            );
+            pam.error("SmartSign is unavailable; continuing without the second factor.");
+            Outcome::Ignore
+        }
+    }
+}
+
+fn describe(response: &Response) -> String {
+    match response {
+        Response::Error { kind, message } => format!("smartsignd refused ({kind:?}): {message}"),
+        other => format!("unexpected answer from smartsignd: {other:?}"),
+    }
+}
+
+/// The user name as it may appear in a prompt: no control characters.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use smartsign_proto::{DenyReason, ErrorKind};
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[derive(Default)]
+    struct ScriptedPam {
+        user: Option<String>,
+        answers: VecDeque<Result<Option<Secret>, Outcome>>,
+        prompts: Vec<String>,
+        errors: Vec<String>,
+        logs: Vec<(Priority, String)>,
+    }
+
+    impl ScriptedPam {
+        fn alice(answers: &[&str]) -> Self {
+            Self {
+                user: Some("alice".into()),
+                answers: answers.iter().map(|a| Ok(Some(Secret::from(*a)))).collect(),
+                ..Self::default()
+            }
+        }
+    }
+
+    impl Pam for ScriptedPam {
+        fn user(&mut self) -> Result<String, Outcome> {
+            self.user.clone().ok_or(Outcome::SystemErr)
+        }
+        fn service(&self) -> Option<String> {
+            Some("sshd".into())
+        }
+        fn rhost(&self) -> Option<String> {
+            Some("192.0.2.7".into())
+        }
+        fn tty(&self) -> Option<String> {
+            Some("ssh".into())
+        }
+        fn prompt_hidden(&mut self, prompt: &str) -> Result<Option<Secret>, Outcome> {
+            self.prompts.push(prompt.into());
+            self.answers.pop_front().expect("an unexpected prompt")
+        }
+        fn error(&mut self, text: &str) {
+            self.errors.push(text.into());
+        }
+        fn log(&mut self, priority: Priority, text: &str) {
+            self.logs.push((priority, text.into()));
+        }
+    }
+
+    /// Answers each expected request in turn and checks that all were asked.
+    struct ScriptedDaemon {
+        script: RefCell<VecDeque<(&'static str, Result<Response, ClientError>)>>,
+        codes: RefCell<Vec<String>>,
+    }
+
+    impl ScriptedDaemon {
+        fn new(script: Vec<(&'static str, Result<Response, ClientError>)>) -> Self {
+            Self { script: RefCell::new(script.into()), codes: RefCell::default() }
+        }
+    }
+
+    impl Daemon for ScriptedDaemon {
+        fn call(&self, request: Request) -> Result<Response, ClientError> {
+            let (op, answer) = self.script.borrow_mut().pop_front().expect("an unexpected call");
+            assert_eq!(request.op(), op);
+            if let Request::VerifyCode { login, code } = &request {
+                assert_eq!(login.service, "sshd");
+                assert_eq!(login.rhost.as_deref(), Some("192.0.2.7"));
+                self.codes.borrow_mut().push(code.expose().into());
+            }
+            answer
+        }
+    }
+
+    impl Drop for ScriptedDaemon {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                assert!(self.script.borrow().is_empty(), "expected calls were not made");
+            }
+        }
+    }
+
+    fn challenge() -> Result<Response, ClientError> {
+        Ok(Response::Challenge { phones: vec!["Pixel 8".into()] })
+    }
+
+    fn run(pam: &mut ScriptedPam, daemon: &ScriptedDaemon, args: &Args) -> Outcome {
+        authenticate(pam, daemon, args, NOW)
+    }
+
+    #[test]
+    fn right_code_succeeds() {
+        let mut pam = ScriptedPam::alice(&["123456"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge()),
+            ("verify_code", Ok(Response::Allow { phone: "Pixel 8".into() })),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(pam.prompts, ["SmartSign code for alice: "]);
+        assert_eq!(*daemon.codes.borrow(), ["123456"]);
+        assert!(pam.errors.is_empty());
+    }
+
+    #[test]
+    fn wrong_code_is_auth_err_with_a_message() {
+        let mut pam = ScriptedPam::alice(&["000000"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge()),
+            ("verify_code", Ok(Response::Deny { reason: DenyReason::WrongCode })),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert_eq!(pam.errors, ["SmartSign: wrong code."]);
+    }
+
+    #[test]
+    fn lockout_is_maxtries_before_or_after_the_prompt() {
+        let mut pam = ScriptedPam::alice(&[]);
+        let daemon = ScriptedDaemon::new(vec![("begin", Ok(Response::LockedOut { until: NOW + 90 }))]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::MaxTries);
+        assert!(pam.prompts.is_empty());
+        assert!(pam.errors[0].contains("Try again in 2 minutes"), "{:?}", pam.errors);
+
+        let mut pam = ScriptedPam::alice(&["111111"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge()),
+            ("verify_code", Ok(Response::LockedOut { until: NOW + 5 })),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::MaxTries);
+        assert!(pam.errors[0].contains("Try again in 1 minute,"), "{:?}", pam.errors);
+    }
+
+    #[test]
+    fn not_enrolled_leaves_it_to_the_stack() {
+        let mut pam = ScriptedPam::alice(&[]);
+        let daemon = ScriptedDaemon::new(vec![("begin", Ok(Response::NotEnrolled))]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Ignore);
+        assert!(pam.prompts.is_empty());
+    }
+
+    fn daemon_down() -> Result<Response, ClientError> {
+        Err(ClientError::NotRunning {
+            path: "/run/smartsign/smartsignd.sock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        })
+    }
+
+    #[test]
+    fn daemon_down_follows_the_failmode() {
+        let mut pam = ScriptedPam::alice(&[]);
+        let daemon = ScriptedDaemon::new(vec![("begin", daemon_down())]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthInfoUnavail);
+        assert!(pam.errors[0].contains("unavailable"));
+        assert!(pam.logs.iter().any(|(p, l)| *p == Priority::Error && l.contains("failmode=secure")));
+
+        let safe = Args { failmode: Failmode::Safe, ..Args::default() };
+        let mut pam = ScriptedPam::alice(&[]);
+        let daemon = ScriptedDaemon::new(vec![("begin", daemon_down())]);
+        assert_eq!(run(&mut pam, &daemon, &safe), Outcome::Ignore);
+        assert!(pam.errors[0].contains("unavailable"));
+        assert!(pam.logs.iter().any(|(_, l)| l.contains("failmode=safe")));
+    }
+
+    #[test]
+    fn daemon_lost_after_the_prompt_follows_the_failmode() {
+        let mut pam = ScriptedPam::alice(&["123456"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge()),
+            ("verify_code", Err(ClientError::Timeout)),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthInfoUnavail);
+    }
+
+    #[test]
+    fn a_refusal_or_odd_answer_is_never_success() {
+        for answer in [
+            Response::error(ErrorKind::Refused, "not yours"),
+            Response::error(ErrorKind::Internal, "store unreadable"),
+            Response::Done,
+            Response::Allow { phone: "x".into() },
+        ] {
+            let mut pam = ScriptedPam::alice(&[]);
+            let daemon = ScriptedDaemon::new(vec![("begin", Ok(answer))]);
+            assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthInfoUnavail);
+        }
+    }
+
+    #[test]
+    fn an_overlong_answer_is_refused_without_asking_the_daemon() {
+        let long = "9".repeat(MAX_ANSWER + 1);
+        let mut pam = ScriptedPam::alice(&[&long]);
+        let daemon = ScriptedDaemon::new(vec![("begin", challenge())]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert!(pam.logs.iter().any(|(_, l)| l.contains("over 256 bytes")));
+    }
+
+    #[test]
+    fn no_answer_or_a_broken_conversation_fails() {
+        let mut pam = ScriptedPam::alice(&[]);
+        pam.answers.push_back(Ok(None));
+        let daemon = ScriptedDaemon::new(vec![("begin", challenge())]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+
+        let mut pam = ScriptedPam::alice(&[]);
+        pam.answers.push_back(Err(Outcome::ConvErr));
+        let daemon = ScriptedDaemon::new(vec![("begin", challenge())]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::ConvErr);
+    }
+
+    #[test]
+    fn no_user_is_an_error_without_calling_the_daemon() {
+        let mut pam = ScriptedPam { user: None, ..ScriptedPam::default() };
+        let daemon = ScriptedDaemon::new(vec![]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::SystemErr);
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_prompt() {
+        let mut pam = ScriptedPam::alice(&["123456"]);
+        pam.user = Some("ali\x1b[2Jce\n".into());
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge()),
+            ("verify_code", Ok(Response::Deny { reason: DenyReason::WrongCode })),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert_eq!(pam.prompts, ["SmartSign code for ali?[2Jce?: "]);
+    }
+
+    /// The FFI layer runs this same function inside `guarded`; a panic from
+    /// any part of the login (here the daemon client) must not escape.
+    #[test]
+    fn a_panic_inside_the_login_is_contained() {
+        struct Exploding;
+        impl Daemon for Exploding {
+            fn call(&self, _: Request) -> Result<Response, ClientError> {
+                panic!("daemon client bug");
+            }
+        }
+        let code = crate::outcome::guarded(|| {
+            let mut pam = ScriptedPam::alice(&[]);
+            authenticate(&mut pam, &Exploding, &Args::default(), NOW)
+        });
+        assert_eq!(code, pam::constants::PamResultCode::PAM_SYSTEM_ERR);
+    }
+
+    #[test]
+    fn the_real_client_times_out_within_the_bound() {
+        let dir = std::env::temp_dir().join(format!("pam-smartsign-flow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("silent.sock");
+        let _ = std::fs::remove_file(&path);
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let args = Args { socket: path, timeout: Duration::from_secs(1), ..Args::default() };
+        let client = Client::new(&args.socket, args.timeout);
+        let mut pam = ScriptedPam::alice(&[]);
+        let started = std::time::Instant::now();
+        assert_eq!(authenticate(&mut pam, &client, &args, NOW), Outcome::AuthInfoUnavail);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,98 @@
+//! [`flow::Pam`](crate::flow::Pam) on a real libpam handle.
+
+use std::ffi::{CString, c_char, c_int};
+
+use pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_SILENT, PamFlag};
+use pam::conv::Conv;
+use pam::items::{RHost, Service, Tty};
+use pam::module::PamHandle;
+use smartsign_proto::Secret;
+
+use crate::flow::{Pam, Priority};
+use crate::outcome::Outcome;
+
+#[link(name = "pam")]
+unsafe extern "C" {
+    /// From `<security/pam_ext.h>`: logs to LOG_AUTHPRIV with the
+    /// `pam_smartsign(service:auth)` prefix, without touching the host's openlog().
+    fn pam_syslog(pamh: *const PamHandle, priority: c_int, fmt: *const c_char, ...);
+}
+
+pub struct Handle<'a> {
+    pamh: &'a mut PamHandle,
+    silent: bool,
+}
+
+impl<'a> Handle<'a> {
+    pub fn new(pamh: &'a mut PamHandle, flags: PamFlag) -> Self {
+        Self { pamh, silent: flags & PAM_SILENT != 0 }
+    }
+
+    pub fn log_warning(&mut self, text: &str) {
+        self.log(Priority::Warning, text);
+    }
+
+    fn string_item<'s, T>(&'s self) -> Option<String>
+    where
+        T: pam::items::Item<'s> + std::ops::Deref<Target = &'s std::ffi::CStr>,
+    {
+        match self.pamh.get_item::<T>() {
+            Ok(Some(item)) => Some(item.to_string_lossy().into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl Pam for Handle<'_> {
+    fn user(&mut self) -> Result<String, Outcome> {
+        self.pamh.get_user(None).map_err(|code| Outcome::from_pam(&code))
+    }
+
+    fn service(&self) -> Option<String> {
+        self.string_item::<Service>()
+    }
+
+    fn rhost(&self) -> Option<String> {
+        self.string_item::<RHost>().filter(|rhost| !rhost.is_empty())
+    }
+
+    fn tty(&self) -> Option<String> {
+        self.string_item::<Tty>().filter(|tty| !tty.is_empty())
+    }
+
+    fn prompt_hidden(&mut self, prompt: &str) -> Result<Option<Secret>, Outcome> {
+        let conv = match self.pamh.get_item::<Conv>() {
+            Ok(Some(conv)) => conv,
+            Ok(None) => return Err(Outcome::ConvErr),
+            Err(code) => return Err(Outcome::from_pam(&code)),
+        };
+        let reply = conv.send(PAM_PROMPT_ECHO_OFF, prompt).map_err(|code| Outcome::from_pam(&code))?;
+        // A reply that is not UTF-8 goes on, replaced, so the daemon refuses and logs it.
+        Ok(reply.map(|bytes| Secret::new(String::from_utf8_lossy(bytes.as_bytes()).into_owned())))
+    }
+
+    fn error(&mut self, text: &str) {
+        if self.silent {
+            return;
+        }
+        if let Ok(Some(conv)) = self.pamh.get_item::<Conv>() {
+            // A failed message changes nothing about the login's outcome.
+            let _ = conv.send(PAM_ERROR_MSG, text);
+        }
+    }
+
+    fn log(&mut self, priority: Priority, text: &str) {
+        let level = match priority {
+            Priority::Error => libc::LOG_ERR,
+            Priority::Warning => libc::LOG_WARNING,
+            Priority::Info => libc::LOG_INFO,
+            Priority::Debug => libc::LOG_DEBUG,
+        };
+        let text: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let Ok(text) = CString::new(text) else { return };
+
+        // SAFETY: `pamh` is the live handle of this call; the format is a
+        // literal "%s" taking exactly one NUL-terminated string.
+        unsafe { pam_syslog(&raw const *self.pamh, level, c"%s".as_ptr(), text.as_ptr()) };
+    }
+}

@@ -1,0 +1,179 @@
+//! The blocking client used by the PAM module and the smartsign command.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::frame::{FrameError, read_frame, write_frame};
+use crate::{PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame};
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing listens on the socket: the daemon is not running.
+    NotRunning { path: PathBuf, source: io::Error },
+    /// The socket exists but may not be opened by this user.
+    Permission { path: PathBuf },
+    /// The daemon did not answer in time.
+    Timeout,
+    Frame(FrameError),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NotRunning { path, source } => {
+                write!(f, "smartsignd is not running (socket {}: {source})", path.display())
+            }
+            ClientError::Permission { path } => {
+                write!(f, "permission denied on the socket {}", path.display())
+            }
+            ClientError::Timeout => f.write_str("smartsignd did not answer in time"),
+            ClientError::Frame(err) => write!(f, "bad answer from smartsignd: {err}"),
+            ClientError::Io(err) => write!(f, "talking to smartsignd: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// One request, one response, one deadline for both.
+#[derive(Debug, Clone)]
+pub struct Client {
+    path: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self { path: path.into(), timeout }
+    }
+
+    pub fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut stream = connect(&self.path, self.timeout)?;
+
+        let frame = RequestFrame { v: PROTOCOL_VERSION, request };
+        write_frame(&mut stream, &frame, deadline).map_err(frame_error)?;
+        let answer: ResponseFrame = read_frame(&mut stream, deadline).map_err(frame_error)?;
+        Ok(answer.response)
+    }
+}
+
+fn frame_error(err: FrameError) -> ClientError {
+    match err {
+        FrameError::Timeout => ClientError::Timeout,
+        other => ClientError::Frame(other),
+    }
+}
+
+/// Connects with a bound on the wait. A Unix stream connect blocks while the
+/// listener's backlog is full (a stopped or swamped daemon); Linux bounds
+/// that wait by the socket's send timeout, which std cannot set before
+/// connecting, hence the raw socket.
+fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    // SAFETY: zeroed memory is a valid sockaddr_un (all fields are integers).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ClientError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unusable socket path {}", path.display()),
+        )));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+
+    // SAFETY: plain system call with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(ClientError::Io(io::Error::last_os_error()));
+    }
+
+    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    stream.set_write_timeout(Some(timeout)).map_err(ClientError::Io)?;
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+
+    // SAFETY: `addr` is an initialised sockaddr_un and `len` is its size.
+    let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
+    if rc == 0 {
+        return Ok(stream);
+    }
+    let err = io::Error::last_os_error();
+    Err(match err.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
+        io::ErrorKind::PermissionDenied => ClientError::Permission { path: path.to_owned() },
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning { path: path.to_owned(), source: err }
+        }
+        _ => ClientError::Io(err),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn socket_in(dir: &Path) -> PathBuf {
+        dir.join("s.sock")
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("smartsign-proto-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn no_socket_means_not_running() {
+        let dir = temp_dir("absent");
+        let client = Client::new(socket_in(&dir), Duration::from_secs(1));
+        let err = client.call(Request::Status { user: None }).unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_daemon_that_never_answers_times_out() {
+        let dir = temp_dir("silent");
+        let path = socket_in(&dir);
+        // Bound but never accepted: the connection waits in the backlog.
+        let _listener = UnixListener::bind(&path).unwrap();
+        let started = Instant::now();
+        let err = Client::new(&path, Duration::from_millis(300))
+            .call(Request::Status { user: None })
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_full_backlog_times_out_instead_of_blocking() {
+        let dir = temp_dir("backlog");
+        let path = socket_in(&dir);
+        let listener = UnixListener::bind(&path).unwrap();
+        // Linux lets listen() be called again to shrink the backlog.
+        // SAFETY: the descriptor is a listening socket owned by `listener`.
+        assert_eq!(unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 1) }, 0);
+        // Fill the backlog with connections nobody accepts.
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            match connect(&path, Duration::from_millis(50)) {
+                Ok(stream) => held.push(stream),
+                Err(ClientError::Timeout) => break,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        let started = Instant::now();
+        let err = connect(&path, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,249 @@
+//! Requests and responses. Secrets travel as [`Secret`], which never prints.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// The version this build speaks. A frame of any other version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What the PAM module knows about a login, taken from the PAM items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginContext {
+    pub user: String,
+    pub service: String,
+    #[serde(default)]
+    pub rhost: Option<String>,
+    #[serde(default)]
+    pub tty: Option<String>,
+}
+
+/// One call to smartsignd. `user: None` means the caller's own account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// A login has reached the module: which second factor, if any, applies?
+    Begin { login: LoginContext },
+    /// The user typed a code at the login prompt.
+    VerifyCode { login: LoginContext, code: Secret },
+    Status { user: Option<String> },
+    /// Create a pending phone with a fresh secret; replaces a pending one of that name.
+    PhoneAdd { user: Option<String>, name: String },
+    /// Confirm a pending phone with the code its app shows now.
+    PhoneConfirm { user: Option<String>, name: String, code: Secret },
+    PhoneList { user: Option<String> },
+    PhoneRemove { user: Option<String>, name: String },
+}
+
+impl Request {
+    /// The account the request is about, if it names one.
+    pub fn target_user(&self) -> Option<&str> {
+        match self {
+            Request::Begin { login } | Request::VerifyCode { login, .. } => Some(&login.user),
+            Request::Status { user }
+            | Request::PhoneAdd { user, .. }
+            | Request::PhoneConfirm { user, .. }
+            | Request::PhoneList { user }
+            | Request::PhoneRemove { user, .. } => user.as_deref(),
+        }
+    }
+
+    /// The operation's wire name, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Begin { .. } => "begin",
+            Request::VerifyCode { .. } => "verify_code",
+            Request::Status { .. } => "status",
+            Request::PhoneAdd { .. } => "phone_add",
+            Request::PhoneConfirm { .. } => "phone_confirm",
+            Request::PhoneList { .. } => "phone_list",
+            Request::PhoneRemove { .. } => "phone_remove",
+        }
+    }
+}
+
+/// A one-line summary for logs; codes never appear in it.
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "op={}", self.op())?;
+        if let Some(user) = self.target_user() {
+            write!(f, " user={user:?}")?;
+        }
+        match self {
+            Request::Begin { login } | Request::VerifyCode { login, .. } => {
+                write!(f, " service={:?}", login.service)?;
+            }
+            Request::PhoneAdd { name, .. }
+            | Request::PhoneConfirm { name, .. }
+            | Request::PhoneRemove { name, .. } => write!(f, " phone={name:?}")?,
+            Request::Status { .. } | Request::PhoneList { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why a code was not accepted at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    WrongCode,
+    ReusedCode,
+    MalformedCode,
+}
+
+impl DenyReason {
+    /// The words for the audit log and for the user.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DenyReason::WrongCode => "wrong code",
+            DenyReason::ReusedCode => "code already used",
+            DenyReason::MalformedCode => "not a 6-digit code",
+        }
+    }
+}
+
+/// Why a request failed. The CLI maps each kind to its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The caller may not act on that account.
+    Refused,
+    NotFound,
+    AlreadyExists,
+    WrongCode,
+    /// The request itself is unusable: bad name, bad field, bad frame.
+    BadRequest,
+    UnsupportedVersion,
+    /// The daemon failed (store unreadable, and so on); see its log.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhoneInfo {
+    pub name: String,
+    /// Only confirmed phones count at login.
+    pub confirmed: bool,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds of the last login with this phone's code.
+    pub last_used: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountStatus {
+    pub user: String,
+    pub phones: Vec<PhoneInfo>,
+    /// Failed codes within the lockout window.
+    pub recent_failures: u32,
+    pub max_failures: u32,
+    /// Unix seconds until which logins are refused, if locked out.
+    pub locked_until: Option<u64>,
+}
+
+/// Shown once, to the enrolling user: the only time the secret leaves the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPhone {
+    pub name: String,
+    pub secret: Secret,
+    pub otpauth_uri: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The user is enrolled: ask for a code. Lists the confirmed phones.
+    Challenge { phones: Vec<String> },
+    /// No confirmed phone: SmartSign has nothing to ask.
+    NotEnrolled,
+    Allow { phone: String },
+    Deny { reason: DenyReason },
+    /// Too many failures; logins are refused until `until` (Unix seconds).
+    LockedOut { until: u64 },
+    Status(AccountStatus),
+    PhoneCreated(NewPhone),
+    Phones { phones: Vec<PhoneInfo> },
+    Done,
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error { kind, message: message.into() }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub v: u32,
+    pub request: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub v: u32,
+    pub response: Response,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login() -> LoginContext {
+        LoginContext {
+            user: "alice".into(),
+            service: "sshd".into(),
+            rhost: Some("192.0.2.7".into()),
+            tty: Some("ssh".into()),
+        }
+    }
+
+    #[test]
+    fn no_code_or_secret_in_display_or_debug() {
+        let requests = [
+            Request::VerifyCode { login: login(), code: "493817".into() },
+            Request::PhoneConfirm { user: None, name: "Pixel".into(), code: "493817".into() },
+        ];
+        for request in &requests {
+            assert!(!request.to_string().contains("493817"), "{request}");
+            assert!(!format!("{request:?}").contains("493817"));
+        }
+        let created = Response::PhoneCreated(NewPhone {
+            name: "Pixel".into(),
+            secret: "JBSWY3DPEHPK3PXP".into(),
+            otpauth_uri: "otpauth://totp/x?secret=JBSWY3DPEHPK3PXP".into(),
+        });
+        assert!(!format!("{created:?}").contains("JBSWY3DPEHPK3PXP"));
+    }
+
+    /// Frames of protocol version 1 as they travel. A module and a daemon of
+    /// different builds must keep understanding these.
+    #[test]
+    fn version_1_frames_parse() {
+        let begin = r#"{"v":1,"request":{"op":"begin","login":{"user":"alice","service":"sshd","rhost":"192.0.2.7","tty":"ssh"}}}"#;
+        let frame: RequestFrame = serde_json::from_str(begin).unwrap();
+        assert_eq!(frame.v, 1);
+        assert_eq!(frame.request, Request::Begin { login: login() });
+
+        let verify = r#"{"v":1,"request":{"op":"verify_code","login":{"user":"alice","service":"sshd"},"code":"123456"}}"#;
+        let frame: RequestFrame = serde_json::from_str(verify).unwrap();
+        match frame.request {
+            Request::VerifyCode { login, code } => {
+                assert_eq!(login.rhost, None);
+                assert_eq!(code.expose(), "123456");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let allow = r#"{"v":1,"response":{"result":"allow","phone":"Pixel 8"}}"#;
+        let frame: ResponseFrame = serde_json::from_str(allow).unwrap();
+        assert_eq!(frame.response, Response::Allow { phone: "Pixel 8".into() });
+
+        let locked = r#"{"v":1,"response":{"result":"locked_out","until":1800000000}}"#;
+        let frame: ResponseFrame = serde_json::from_str(locked).unwrap();
+        assert_eq!(frame.response, Response::LockedOut { until: 1_800_000_000 });
+
+        let deny = r#"{"v":1,"response":{"result":"deny","reason":"reused_code"}}"#;
+        let frame: ResponseFrame = serde_json::from_str(deny).unwrap();
+        assert_eq!(frame.response, Response::Deny { reason: DenyReason::ReusedCode });
+    }
+}
