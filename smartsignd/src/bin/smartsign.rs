@@ -1,0 +1,302 @@
+//! `smartsign`: the user's login security page on the command line.
+//! It talks only to smartsignd, which decides what the caller may do.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use qrcode::QrCode;
+use qrcode::render::unicode::Dense1x2;
+use serde::Serialize;
+use smartsign_proto::{
+    AccountStatus, Client, DEFAULT_SOCKET, ErrorKind, NewPhone, PhoneInfo, Request, Response,
+    Secret,
+};
+
+/// Manage your SmartSign second factor: phones with an authenticator app.
+///
+/// Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 smartsignd not
+/// reachable, 4 refused, 5 not found, 6 wrong code, 7 already exists.
+#[derive(Parser)]
+#[command(name = "smartsign", version)]
+struct Cli {
+    /// smartsignd's socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Act on this user's account (root only).
+    #[arg(long, global = true, value_name = "NAME")]
+    user: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Phones, pending phones and lockout.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, confirm, list or remove phones.
+    #[command(subcommand)]
+    Phone(PhoneCommand),
+}
+
+#[derive(Subcommand)]
+enum PhoneCommand {
+    /// Enroll a phone: shows a QR code for the app, then asks for its code.
+    Add {
+        /// A name to tell your phones apart, such as "Pixel 8".
+        name: String,
+        /// Print name, secret and otpauth_uri as JSON and do not prompt;
+        /// confirm afterwards with `smartsign phone confirm`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Confirm a pending phone with the code its app shows now.
+    Confirm { name: String, code: String },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy)]
+enum Exit {
+    Failed = 1,
+    Usage = 2,
+    Unreachable = 3,
+    Refused = 4,
+    NotFound = 5,
+    WrongCode = 6,
+    Exists = 7,
+}
+
+impl From<ErrorKind> for Exit {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Refused => Exit::Refused,
+            ErrorKind::NotFound => Exit::NotFound,
+            ErrorKind::AlreadyExists => Exit::Exists,
+            ErrorKind::WrongCode => Exit::WrongCode,
+            ErrorKind::BadRequest => Exit::Usage,
+            ErrorKind::UnsupportedVersion | ErrorKind::Internal => Exit::Failed,
+        }
+    }
+}
+
+/// Why a command failed: what to print and which exit code.
+struct Failure(Exit, String);
+
+type Outcome = Result<(), Failure>;
+
+/// Tries at the interactive code prompt before giving up.
+const CONFIRM_TRIES: usize = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = Client::new(&cli.socket, Duration::from_secs(10));
+    let app = App { client, user: cli.user };
+    let outcome = match cli.command {
+        Command::Status { json } => app.status(json),
+        Command::Phone(PhoneCommand::Add { name, json: true }) => app.add_json(name),
+        Command::Phone(PhoneCommand::Add { name, json: false }) => app.add_interactive(name),
+        Command::Phone(PhoneCommand::Confirm { name, code }) => app.confirm(name, code.as_str().into()),
+        Command::Phone(PhoneCommand::List { json }) => app.list(json),
+        Command::Phone(PhoneCommand::Remove { name }) => app.remove(name),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(exit, message)) => {
+            eprintln!("smartsign: {message}");
+            ExitCode::from(exit as u8)
+        }
+    }
+}
+
+struct App {
+    client: Client,
+    user: Option<String>,
+}
+
+impl App {
+    fn call(&self, request: Request) -> Result<Response, Failure> {
+        match self.client.call(request) {
+            Ok(Response::Error { kind, message }) => Err(Failure(kind.into(), message)),
+            Ok(response) => Ok(response),
+            Err(err) => Err(Failure(Exit::Unreachable, err.to_string())),
+        }
+    }
+
+    fn status(&self, json: bool) -> Outcome {
+        let status = match self.call(Request::Status { user: self.user.clone() })? {
+            Response::Status(status) => status,
+            other => return Err(unexpected(&other)),
+        };
+        if json {
+            return print_json(&status);
+        }
+        print_status(&status);
+        Ok(())
+    }
+
+    fn add(&self, name: String) -> Result<NewPhone, Failure> {
+        match self.call(Request::PhoneAdd { user: self.user.clone(), name })? {
+            Response::PhoneCreated(phone) => Ok(phone),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn add_json(&self, name: String) -> Outcome {
+        print_json(&self.add(name)?)
+    }
+
+    fn add_interactive(&self, name: String) -> Outcome {
+        let phone = self.add(name)?;
+        let uri = phone.otpauth_uri.expose();
+        println!("Scan this QR code with your authenticator app (Aegis, FreeOTP, Google");
+        println!("Authenticator, 1Password, ...):\n");
+        match QrCode::new(uri.as_bytes()) {
+            // Light modules drawn as blocks: the code reads right on a dark terminal.
+            Ok(code) => println!(
+                "{}",
+                code.render::<Dense1x2>()
+                    .dark_color(Dense1x2::Light)
+                    .light_color(Dense1x2::Dark)
+                    .build()
+            ),
+            Err(err) => println!("(no QR code: {err})"),
+        }
+        println!("\nOr type this secret into the app: {}", grouped(phone.secret.expose()));
+        println!("otpauth URI: {uri}\n");
+
+        let stdin = std::io::stdin();
+        for _ in 0..CONFIRM_TRIES {
+            print!("Type the 6-digit code the app shows for it now: ");
+            let _ = std::io::stdout().flush();
+            let mut line = zeroize::Zeroizing::new(String::new());
+            match stdin.lock().take_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            match self.confirm(phone.name.clone(), Secret::new(line.trim().to_owned())) {
+                Ok(()) => return Ok(()),
+                Err(Failure(Exit::WrongCode, message)) => println!("{message}; try again."),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(Failure(
+            Exit::WrongCode,
+            format!(
+                "{:?} is pending; confirm it later with: smartsign phone confirm {:?} CODE",
+                phone.name, phone.name
+            ),
+        ))
+    }
+
+    fn confirm(&self, name: String, code: Secret) -> Outcome {
+        let request = Request::PhoneConfirm { user: self.user.clone(), name: name.clone(), code };
+        match self.call(request)? {
+            Response::Done => {
+                println!("Phone {name:?} is enrolled: its codes now work at login.");
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn list(&self, json: bool) -> Outcome {
+        let phones = match self.call(Request::PhoneList { user: self.user.clone() })? {
+            Response::Phones { phones } => phones,
+            other => return Err(unexpected(&other)),
+        };
+        if json {
+            return print_json(&phones);
+        }
+        if phones.is_empty() {
+            println!("No phones. Add one with: smartsign phone add NAME");
+        }
+        for phone in &phones {
+            println!("{}", describe_phone(phone));
+        }
+        Ok(())
+    }
+
+    fn remove(&self, name: String) -> Outcome {
+        match self.call(Request::PhoneRemove { user: self.user.clone(), name: name.clone() })? {
+            Response::Done => {
+                println!("Phone {name:?} removed.");
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Reads one line of at most 1 KiB, so a runaway pipe cannot fill memory.
+trait TakeLine {
+    fn take_line(&mut self, line: &mut String) -> std::io::Result<usize>;
+}
+
+impl<R: BufRead> TakeLine for R {
+    fn take_line(&mut self, line: &mut String) -> std::io::Result<usize> {
+        std::io::Read::take(self, 1024).read_line(line)
+    }
+}
+
+fn print_status(status: &AccountStatus) {
+    println!("SmartSign for {}", status.user);
+    if status.phones.is_empty() {
+        println!("  No phones. Add one with: smartsign phone add NAME");
+    } else {
+        println!("  Phones:");
+        for phone in &status.phones {
+            println!("    {}", describe_phone(phone));
+        }
+    }
+    match status.locked_until {
+        Some(until) => println!(
+            "  Locked out until {} after too many wrong codes.",
+            when(until)
+        ),
+        None => println!(
+            "  Not locked out ({} of {} wrong codes allowed so far).",
+            status.recent_failures, status.max_failures
+        ),
+    }
+}
+
+fn describe_phone(phone: &PhoneInfo) -> String {
+    if !phone.confirmed {
+        return format!(
+            "{:<20} pending: smartsign phone confirm {:?} CODE",
+            phone.name, phone.name
+        );
+    }
+    let used = phone.last_used.map_or_else(|| "never used".to_owned(), |t| format!("last used {}", when(t)));
+    format!("{:<20} enrolled {}, {used}", phone.name, when(phone.created))
+}
+
+fn when(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// `JBSWY3DPEHPK3PXP` as `JBSW Y3DP EHPK 3PXP`, easier to type.
+fn grouped(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    chars.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join(" ")
+}
+
+fn print_json<T: Serialize>(value: &T) -> Outcome {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|err| Failure(Exit::Failed, format!("cannot print JSON: {err}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn unexpected(response: &Response) -> Failure {
+    Failure(Exit::Failed, format!("unexpected answer from smartsignd: {response:?}"))
+}

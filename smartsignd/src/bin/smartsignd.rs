@@ -1,0 +1,83 @@
+//! `smartsignd`: the SmartSign daemon, in the foreground.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use smartsignd::audit::Syslog;
+use smartsignd::config::{Config, DEFAULT_CONFIG};
+use smartsignd::server;
+use smartsignd::service::{Nss, Service, system_clock};
+use smartsignd::store::SqliteStore;
+
+/// SmartSign's daemon: verifies second factors for pam_smartsign and the
+/// smartsign command over a Unix socket. Runs in the foreground; the audit
+/// trail goes to syslog (LOG_AUTHPRIV) and to stderr.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Validate the configuration, print it with defaults filled in, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("smartsignd: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("# {}: configuration OK; effective settings:", cli.config.display());
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+
+    // Everything smartsignd creates is its own alone; the socket is opened
+    // up explicitly in server::bind.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+
+    let store = match SqliteStore::open(&config.state_dir) {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("smartsignd: cannot open the store in {}: {err}", config.state_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match server::bind(&config.socket) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("smartsignd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+
+    eprintln!(
+        "smartsignd: listening on {}, state in {}",
+        config.socket.display(),
+        config.state_dir.join(SqliteStore::FILE).display()
+    );
+    let service = Service {
+        config,
+        store: Box::new(store),
+        audit: Box::new(Syslog::new(true)),
+        accounts: Box::new(Nss),
+        clock: system_clock(),
+        hostname,
+    };
+    let err = server::serve(listener, Arc::new(service));
+    eprintln!("smartsignd: stopped: {err}");
+    ExitCode::FAILURE
+}

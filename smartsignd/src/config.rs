@@ -1,0 +1,275 @@
+//! `/etc/smartsign/smartsign.toml`: parsed strictly, with the line of any error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub const DEFAULT_CONFIG: &str = "/etc/smartsign/smartsign.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where smartsignd listens.
+    #[serde(default = "default_socket", deserialize_with = "absolute_path")]
+    pub socket: PathBuf,
+    /// Holds the SQLite store; created 0700.
+    #[serde(default = "default_state_dir", deserialize_with = "absolute_path")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub totp: TotpConfig,
+    #[serde(default)]
+    pub lockout: LockoutConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpConfig {
+    /// 30-second steps accepted either side of now, for clock drift.
+    #[serde(default = "default_skew", deserialize_with = "skew")]
+    pub skew: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockoutConfig {
+    /// Failed codes within `window` that lock the account.
+    #[serde(default = "default_max_failures", deserialize_with = "max_failures")]
+    pub max_failures: u32,
+    /// How far back failures count, and how long a lockout lasts.
+    #[serde(default = "default_window", with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            state_dir: default_state_dir(),
+            totp: TotpConfig::default(),
+            lockout: LockoutConfig::default(),
+        }
+    }
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        Self { skew: default_skew() }
+    }
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self { max_failures: default_max_failures(), window: default_window() }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(smartsign_proto::DEFAULT_SOCKET)
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/smartsign")
+}
+
+fn default_skew() -> u8 {
+    1
+}
+
+fn default_max_failures() -> u32 {
+    5
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// A configuration file that cannot be used, with where and why.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based; `None` when the file could not be read at all.
+    pub line: Option<usize>,
+    /// The key at fault, when there is one.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {err}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|err| {
+            let span = err.span();
+            let line = span.as_ref().map(|span| text[..span.start].matches('\n').count() + 1);
+            let key = span.and_then(|span| key_at(text, span.start));
+            ConfigError {
+                path: path.to_owned(),
+                line,
+                key,
+                message: err.message().trim().to_owned(),
+            }
+        })
+    }
+
+    /// The effective configuration, defaults filled in, as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|err| format!("# cannot print: {err}\n"))
+    }
+}
+
+/// The key on the line holding byte `offset`: `name` in `name = value`, or
+/// the table name of a `[table]` line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?.trim();
+    let key = match line.strip_prefix('[') {
+        Some(table) => table.trim_end_matches(']'),
+        None => line.split('=').next()?,
+    };
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+fn absolute_path<'de, D: Deserializer<'de>>(de: D) -> Result<PathBuf, D::Error> {
+    let path = PathBuf::deserialize(de)?;
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(serde::de::Error::custom(format!("{} is not an absolute path", path.display())))
+    }
+}
+
+fn skew<'de, D: Deserializer<'de>>(de: D) -> Result<u8, D::Error> {
+    match i64::deserialize(de)? {
+        steps @ 0..=10 => Ok(steps as u8),
+        other => Err(serde::de::Error::custom(format!(
+            "skew is a number of 30-second steps from 0 to 10, not {other}"
+        ))),
+    }
+}
+
+fn max_failures<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
+    match i64::deserialize(de)? {
+        count @ 1..=1000 => Ok(count as u32),
+        other => Err(serde::de::Error::custom(format!(
+            "max_failures is from 1 to 1000, not {other}"
+        ))),
+    }
+}
+
+/// Durations are written as `"30s"`, `"15m"`, `"1h"`.
+mod duration {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    pub fn serialize<S: Serializer>(value: &Duration, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(de)?;
+        let value = humantime::parse_duration(&text).map_err(|err| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration such as \"30s\" or \"15m\": {err}"
+            ))
+        })?;
+        if value < Duration::from_secs(1) || value > MAX {
+            return Err(serde::de::Error::custom(format!(
+                "{text:?} is out of range: from 1 second to 30 days"
+            )));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/smartsign/smartsign.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.socket, PathBuf::from("/run/smartsign/smartsignd.sock"));
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/smartsign"));
+        assert_eq!(config.totp.skew, 1);
+        assert_eq!(config.lockout.max_failures, 5);
+        assert_eq!(config.lockout.window, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn every_key() {
+        let config = parse(
+            "socket = \"/tmp/s.sock\"\nstate_dir = \"/tmp/state\"\n\n[totp]\nskew = 2\n\n\
+             [lockout]\nmax_failures = 3\nwindow = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(config.totp.skew, 2);
+        assert_eq!(config.lockout.max_failures, 3);
+        assert_eq!(config.lockout.window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn effective_config_reparses_to_itself() {
+        let config = parse("[lockout]\nwindow = \"90m\"\n").unwrap();
+        let printed = config.to_toml();
+        assert!(printed.contains("window = \"1h 30m\""), "{printed}");
+        assert_eq!(parse(&printed).unwrap(), config);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let cases = [
+            ("socket = \"/s\"\nsokcet = \"/t\"\n", 2, "sokcet", "unknown field"),
+            ("[totp]\nskew = 1\n\n[lockout]\nwindow = \"soon\"\n", 5, "window", "not a duration"),
+            ("[lockout]\nmax_failures = 0\n", 2, "max_failures", "from 1 to 1000"),
+            ("[totp]\nskew = 99\n", 2, "skew", "from 0 to 10"),
+            ("[totp]\nskew = \"one\"\n", 2, "skew", "invalid type"),
+            ("state_dir = \"relative\"\n", 1, "state_dir", "absolute"),
+            ("[lockout]\nwindow = \"0s\"\n", 2, "window", "out of range"),
+            ("[push]\nserver = \"x\"\n", 1, "push", "unknown field"),
+        ];
+        for (text, line, key, words) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, Some(line), "{text:?}: {err}");
+            assert_eq!(err.key.as_deref(), Some(key), "{text:?}: {err}");
+            assert!(err.to_string().contains(words), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn broken_toml_is_an_error_with_a_line() {
+        let err = parse("socket = \"/s\"\n[lockout\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+    }
+}

@@ -1,0 +1,421 @@
+//! What smartsignd does with a request, once the peer's uid is known.
+//!
+//! Authorization is by uid alone: root may act for any account, any other
+//! uid only for its own. Every refusal and every decision is audited.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use smartsign_proto::{
+    AccountStatus, DenyReason, ErrorKind, LoginContext, NewPhone, PhoneInfo, Request, Response,
+    Secret,
+};
+
+use crate::audit::{AuditEvent, AuditSink, Method, Outcome};
+use crate::config::Config;
+use crate::names;
+use crate::store::{PhoneRecord, Store, StoreError};
+use crate::totp::{self, CodeMatch};
+
+/// How many phones one account may hold, confirmed and pending.
+pub const MAX_PHONES: usize = 20;
+
+/// Account lookups, through NSS in production (so LDAP and SSSD users work).
+pub trait Accounts: Send + Sync {
+    fn uid_of(&self, user: &str) -> Option<u32>;
+    fn name_of(&self, uid: u32) -> Option<String>;
+}
+
+pub struct Nss;
+
+impl Accounts for Nss {
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw())
+    }
+
+    fn name_of(&self, uid: u32) -> Option<String> {
+        nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name)
+    }
+}
+
+pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Box::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+pub struct Service {
+    pub config: Config,
+    pub store: Box<dyn Store>,
+    pub audit: Box<dyn AuditSink>,
+    pub accounts: Box<dyn Accounts>,
+    pub clock: Clock,
+    /// For the account name in otpauth URIs (`alice@web-3`).
+    pub hostname: String,
+}
+
+/// A failed request: the answer, and what the audit line says.
+struct Refusal {
+    response: Response,
+    audit: Option<(Outcome, String)>,
+}
+
+impl Refusal {
+    fn quiet(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Refusal { response: Response::error(kind, message), audit: None }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(err: StoreError) -> Self {
+        eprintln!("smartsignd: {err}");
+        Refusal {
+            response: Response::error(ErrorKind::Internal, "the SmartSign store failed; see the daemon's log"),
+            audit: Some((Outcome::Deny, format!("store error: {err}"))),
+        }
+    }
+}
+
+impl Service {
+    pub fn handle(&self, peer_uid: u32, request: Request) -> Response {
+        let (service, login) = match &request {
+            Request::Begin { login } | Request::VerifyCode { login, .. } => {
+                (login.service.clone(), Some(login.clone()))
+            }
+            _ => ("smartsign".to_owned(), None),
+        };
+        let method = if login.is_some() { Method::AppCode } else { Method::Manage };
+
+        let user = match self.authorize(peer_uid, &request) {
+            Ok(user) => user,
+            Err(refusal) => {
+                let shown = request.target_user().unwrap_or("-").to_owned();
+                if let Some((result, reason)) = refusal.audit {
+                    self.audit(AuditEvent {
+                        user: shown,
+                        service,
+                        rhost: login.as_ref().and_then(|l| l.rhost.clone()),
+                        tty: login.as_ref().and_then(|l| l.tty.clone()),
+                        method,
+                        phone: None,
+                        result,
+                        reason: format!("{}: {reason}", request.op()),
+                        peer_uid: Some(peer_uid),
+                    });
+                }
+                return refusal.response;
+            }
+        };
+
+        let result = match request {
+            Request::Begin { login } => self.begin(&login),
+            Request::VerifyCode { login, code } => self.verify(&login, &code),
+            Request::Status { .. } => self.status(&user),
+            Request::PhoneAdd { name, .. } => self.phone_add(peer_uid, &user, &name),
+            Request::PhoneConfirm { name, code, .. } => {
+                self.phone_confirm(peer_uid, &user, &name, &code)
+            }
+            Request::PhoneList { .. } => self.phone_list(&user),
+            Request::PhoneRemove { name, .. } => self.phone_remove(peer_uid, &user, &name),
+        };
+        match result {
+            Ok(response) => response,
+            Err(refusal) => {
+                if let Some((result, reason)) = refusal.audit {
+                    let (rhost, tty) = login.map_or((None, None), |l| (l.rhost, l.tty));
+                    self.audit(AuditEvent {
+                        user,
+                        service,
+                        rhost,
+                        tty,
+                        method,
+                        phone: None,
+                        result,
+                        reason,
+                        peer_uid: Some(peer_uid),
+                    });
+                }
+                refusal.response
+            }
+        }
+    }
+
+    /// The account the request acts on, if this peer may act on it.
+    fn authorize(&self, peer_uid: u32, request: &Request) -> Result<String, Refusal> {
+        let user = match request.target_user() {
+            Some(user) => user.to_owned(),
+            None => self.accounts.name_of(peer_uid).ok_or_else(|| {
+                Refusal::quiet(ErrorKind::NotFound, format!("uid {peer_uid} has no user name"))
+            })?,
+        };
+        if let Err(why) = names::check_user(&user) {
+            return Err(Refusal {
+                response: Response::error(ErrorKind::BadRequest, format!("invalid user name: {why}")),
+                audit: Some((Outcome::Refused, format!("invalid user name: {why}"))),
+            });
+        }
+        if let Request::Begin { login } | Request::VerifyCode { login, .. } = request {
+            check_login_fields(login)?;
+        }
+
+        let target_uid = self.accounts.uid_of(&user);
+        if peer_uid == 0 {
+            // Root may name any account; managing one needs it to exist.
+            if target_uid.is_none() && !matches!(request, Request::Begin { .. } | Request::VerifyCode { .. }) {
+                return Err(Refusal::quiet(ErrorKind::NotFound, format!("no such user: {user}")));
+            }
+            return Ok(user);
+        }
+        if target_uid == Some(peer_uid) {
+            return Ok(user);
+        }
+        Err(Refusal {
+            response: Response::error(
+                ErrorKind::Refused,
+                format!("uid {peer_uid} may only act on its own account, not on {user}"),
+            ),
+            audit: Some((Outcome::Refused, "not the caller's own account".into())),
+        })
+    }
+
+    fn begin(&self, login: &LoginContext) -> Result<Response, Refusal> {
+        let now = (self.clock)();
+        let phones = confirmed(self.store.phones(&login.user)?);
+        if phones.is_empty() {
+            self.audit_login(login, Method::None, None, Outcome::Ignore, "not enrolled");
+            return Ok(Response::NotEnrolled);
+        }
+        if let Some(until) = self.store.locked_until(&login.user, now)? {
+            self.audit_login(login, Method::None, None, Outcome::Deny, "locked out");
+            return Ok(Response::LockedOut { until });
+        }
+        Ok(Response::Challenge { phones: phones.into_iter().map(|p| p.name).collect() })
+    }
+
+    fn verify(&self, login: &LoginContext, code: &Secret) -> Result<Response, Refusal> {
+        let now = (self.clock)();
+        let phones = confirmed(self.store.phones(&login.user)?);
+        if phones.is_empty() {
+            self.audit_login(login, Method::AppCode, None, Outcome::Ignore, "not enrolled");
+            return Ok(Response::NotEnrolled);
+        }
+        if let Some(until) = self.store.locked_until(&login.user, now)? {
+            self.audit_login(login, Method::AppCode, None, Outcome::Deny, "locked out");
+            return Ok(Response::LockedOut { until });
+        }
+
+        let code = normalize(code.expose());
+        let reason = if code.len() != totp::DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+            DenyReason::MalformedCode
+        } else {
+            let skew = self.config.totp.skew;
+            let mut reason = DenyReason::WrongCode;
+            for phone in &phones {
+                match totp::check(&phone.secret, &code, now, skew, phone.last_step) {
+                    CodeMatch::Fresh(step) => {
+                        if self.store.claim_step(phone.id, step, now)? {
+                            self.store.clear_failures(&login.user)?;
+                            self.audit_login(login, Method::AppCode, Some(&phone.name), Outcome::Allow, "code accepted");
+                            return Ok(Response::Allow { phone: phone.name.clone() });
+                        }
+                        // Another login claimed this step between our read and write.
+                        reason = DenyReason::ReusedCode;
+                    }
+                    CodeMatch::Used => reason = DenyReason::ReusedCode,
+                    CodeMatch::NoMatch => {}
+                }
+            }
+            reason
+        };
+
+        let lockout = &self.config.lockout;
+        match self.store.record_failure(&login.user, now, lockout.window, lockout.max_failures)? {
+            Some(until) => {
+                let why = format!(
+                    "{}; locked out after {} failures",
+                    reason.describe(),
+                    lockout.max_failures
+                );
+                self.audit_login(login, Method::AppCode, None, Outcome::Deny, &why);
+                Ok(Response::LockedOut { until })
+            }
+            None => {
+                self.audit_login(login, Method::AppCode, None, Outcome::Deny, reason.describe());
+                Ok(Response::Deny { reason })
+            }
+        }
+    }
+
+    fn status(&self, user: &str) -> Result<Response, Refusal> {
+        let now = (self.clock)();
+        let lockout = &self.config.lockout;
+        Ok(Response::Status(AccountStatus {
+            user: user.to_owned(),
+            phones: self.store.phones(user)?.iter().map(phone_info).collect(),
+            recent_failures: self.store.recent_failures(user, now, lockout.window)?,
+            max_failures: lockout.max_failures,
+            locked_until: self.store.locked_until(user, now)?,
+        }))
+    }
+
+    fn phone_add(&self, peer_uid: u32, user: &str, name: &str) -> Result<Response, Refusal> {
+        check_phone_name(name)?;
+        let phones = self.store.phones(user)?;
+        if phones.iter().any(|p| p.name == name && p.confirmed) {
+            return Err(Refusal::quiet(
+                ErrorKind::AlreadyExists,
+                format!("a phone named {name:?} is already enrolled; remove it first"),
+            ));
+        }
+        if phones.len() >= MAX_PHONES && !phones.iter().any(|p| p.name == name) {
+            return Err(Refusal::quiet(
+                ErrorKind::BadRequest,
+                format!("{user} already has {MAX_PHONES} phones; remove one first"),
+            ));
+        }
+
+        let secret = totp::generate_secret().map_err(|err| {
+            Refusal::quiet(ErrorKind::Internal, format!("no randomness from the OS: {err}"))
+        })?;
+        let account = format!("{user}@{}", self.hostname);
+        let uri = totp::otpauth_uri(&secret, &account)
+            .ok_or_else(|| Refusal::quiet(ErrorKind::Internal, "cannot build the otpauth URI"))?;
+        match self.store.put_pending_phone(user, name, &secret, (self.clock)()) {
+            Ok(()) => {}
+            Err(StoreError::Exists) => {
+                return Err(Refusal::quiet(ErrorKind::AlreadyExists, format!("{name:?} exists")));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        self.audit_manage(peer_uid, user, name, "phone added, pending confirmation");
+        Ok(Response::PhoneCreated(NewPhone {
+            name: name.to_owned(),
+            secret: Secret::new(secret.to_string()),
+            otpauth_uri: Secret::new(uri.to_string()),
+        }))
+    }
+
+    fn phone_confirm(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        name: &str,
+        code: &Secret,
+    ) -> Result<Response, Refusal> {
+        check_phone_name(name)?;
+        let phones = self.store.phones(user)?;
+        let Some(phone) = phones.iter().find(|p| p.name == name) else {
+            return Err(Refusal::quiet(ErrorKind::NotFound, format!("no phone named {name:?}")));
+        };
+        if phone.confirmed {
+            return Err(Refusal::quiet(ErrorKind::AlreadyExists, format!("{name:?} is already confirmed")));
+        }
+        let now = (self.clock)();
+        let code = normalize(code.expose());
+        match totp::check(&phone.secret, &code, now, self.config.totp.skew, 0) {
+            CodeMatch::Fresh(step) if self.store.confirm_phone(phone.id, step)? => {
+                self.audit_manage(peer_uid, user, name, "phone confirmed");
+                Ok(Response::Done)
+            }
+            _ => Err(Refusal {
+                response: Response::error(
+                    ErrorKind::WrongCode,
+                    "that is not the code the app shows for this phone now",
+                ),
+                audit: Some((Outcome::Deny, format!("wrong code confirming phone {name:?}"))),
+            }),
+        }
+    }
+
+    fn phone_list(&self, user: &str) -> Result<Response, Refusal> {
+        Ok(Response::Phones { phones: self.store.phones(user)?.iter().map(phone_info).collect() })
+    }
+
+    fn phone_remove(&self, peer_uid: u32, user: &str, name: &str) -> Result<Response, Refusal> {
+        check_phone_name(name)?;
+        if !self.store.remove_phone(user, name)? {
+            return Err(Refusal::quiet(ErrorKind::NotFound, format!("no phone named {name:?}")));
+        }
+        self.audit_manage(peer_uid, user, name, "phone removed");
+        Ok(Response::Done)
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        self.audit.record(&event);
+    }
+
+    fn audit_login(
+        &self,
+        login: &LoginContext,
+        method: Method,
+        phone: Option<&str>,
+        result: Outcome,
+        reason: &str,
+    ) {
+        self.audit(AuditEvent {
+            user: login.user.clone(),
+            service: login.service.clone(),
+            rhost: login.rhost.clone(),
+            tty: login.tty.clone(),
+            method,
+            phone: phone.map(str::to_owned),
+            result,
+            reason: reason.to_owned(),
+            peer_uid: None,
+        });
+    }
+
+    fn audit_manage(&self, peer_uid: u32, user: &str, phone: &str, reason: &str) {
+        self.audit(AuditEvent {
+            user: user.to_owned(),
+            service: "smartsign".into(),
+            rhost: None,
+            tty: None,
+            method: Method::Manage,
+            phone: Some(phone.to_owned()),
+            result: Outcome::Done,
+            reason: reason.to_owned(),
+            peer_uid: Some(peer_uid),
+        });
+    }
+}
+
+fn confirmed(phones: Vec<PhoneRecord>) -> Vec<PhoneRecord> {
+    phones.into_iter().filter(|p| p.confirmed).collect()
+}
+
+fn phone_info(phone: &PhoneRecord) -> PhoneInfo {
+    PhoneInfo {
+        name: phone.name.clone(),
+        confirmed: phone.confirmed,
+        created: phone.created,
+        last_used: phone.last_used,
+    }
+}
+
+/// Codes are often typed as `123 456`.
+fn normalize(code: &str) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(code.chars().filter(|c| *c != ' ').collect())
+}
+
+fn check_phone_name(name: &str) -> Result<(), Refusal> {
+    names::check_phone(name)
+        .map_err(|why| Refusal::quiet(ErrorKind::BadRequest, format!("invalid phone name: {why}")))
+}
+
+/// Service, remote host and tty are free text from the PAM application;
+/// bound them so that they fit an audit line.
+fn check_login_fields(login: &LoginContext) -> Result<(), Refusal> {
+    let fields = [Some(&login.service), login.rhost.as_ref(), login.tty.as_ref()];
+    for value in fields.into_iter().flatten() {
+        if value.len() > 1024 || value.contains('\0') {
+            return Err(Refusal {
+                response: Response::error(ErrorKind::BadRequest, "over-long or NUL-bearing login field"),
+                audit: Some((Outcome::Refused, "over-long or NUL-bearing login field".into())),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,409 @@
+//! State: phones, their secrets, used steps, failures and lockouts.
+//!
+//! [`Store`] is what the daemon needs; [`SqliteStore`] keeps it in one file
+//! for a single host. Every check-and-set a login relies on (claiming a TOTP
+//! step, counting a failure into a lockout) is one atomic statement or
+//! transaction, so concurrent logins cannot both win.
+
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use zeroize::Zeroizing;
+
+/// A phone as the store holds it. Not `Debug`: it carries the secret.
+pub struct PhoneRecord {
+    pub id: i64,
+    pub name: String,
+    pub secret: Zeroizing<String>,
+    pub confirmed: bool,
+    pub created: u64,
+    /// The newest TOTP step accepted from this phone; older steps are refused.
+    pub last_step: u64,
+    pub last_used: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// A confirmed phone of that name exists.
+    Exists,
+    /// The file was written by a newer smartsignd.
+    NewerSchema { found: i64, known: i64 },
+    Io { path: PathBuf, source: std::io::Error },
+    Db(rusqlite::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Exists => f.write_str("a phone of that name exists"),
+            StoreError::NewerSchema { found, known } => write!(
+                f,
+                "the store has schema version {found}, newer than this smartsignd knows ({known})"
+            ),
+            StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StoreError::Db(err) => write!(f, "store: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        StoreError::Db(err)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+pub trait Store: Send + Sync {
+    /// All phones of `user`, confirmed and pending, oldest first.
+    fn phones(&self, user: &str) -> StoreResult<Vec<PhoneRecord>>;
+    /// Creates a pending phone, or gives a pending one of that name a new secret.
+    fn put_pending_phone(&self, user: &str, name: &str, secret: &str, now: u64) -> StoreResult<()>;
+    /// Confirms a pending phone, claiming the step of the code that confirmed it.
+    fn confirm_phone(&self, id: i64, step: u64) -> StoreResult<bool>;
+    fn remove_phone(&self, user: &str, name: &str) -> StoreResult<bool>;
+    /// Records a login with `step`, only if it is newer than the last one.
+    /// `false` means another login claimed it (or a newer one) first.
+    fn claim_step(&self, id: i64, step: u64, now: u64) -> StoreResult<bool>;
+    /// Counts a failure; at `max` failures within `window`, locks the user
+    /// until `now + window` and returns that time.
+    fn record_failure(&self, user: &str, now: u64, window: Duration, max: u32)
+    -> StoreResult<Option<u64>>;
+    fn recent_failures(&self, user: &str, now: u64, window: Duration) -> StoreResult<u32>;
+    fn clear_failures(&self, user: &str) -> StoreResult<()>;
+    fn locked_until(&self, user: &str, now: u64) -> StoreResult<Option<u64>>;
+}
+
+/// Each entry moves the schema one version up; never edit a shipped one.
+const MIGRATIONS: &[&str] = &[
+    // 1: phones, failures and lockouts.
+    "CREATE TABLE phones (
+        id INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        name TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        confirmed INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL,
+        last_step INTEGER NOT NULL DEFAULT 0,
+        last_used INTEGER,
+        UNIQUE (user, name)
+    );
+    CREATE TABLE failures (user TEXT NOT NULL, at INTEGER NOT NULL);
+    CREATE INDEX failures_by_user ON failures (user, at);
+    CREATE TABLE lockouts (user TEXT PRIMARY KEY, until INTEGER NOT NULL);",
+];
+
+pub struct SqliteStore {
+    db: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub const FILE: &str = "smartsign.db";
+
+    /// Opens (creating if needed) `state_dir/smartsign.db`: the directory
+    /// 0700, the file 0600, whatever they were before.
+    pub fn open(state_dir: &Path) -> StoreResult<SqliteStore> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io(state_dir))?;
+        std::fs::set_permissions(state_dir, Permissions::from_mode(0o700))
+            .map_err(io(state_dir))?;
+
+        let file = state_dir.join(Self::FILE);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(io(&file))?;
+        std::fs::set_permissions(&file, Permissions::from_mode(0o600)).map_err(io(&file))?;
+
+        let db = Connection::open(&file)?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "foreign_keys", true)?;
+        let store = SqliteStore { db: Mutex::new(db) };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let mut db = self.lock()?;
+        let found: i64 = db.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::NewerSchema { found, known });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = db.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> StoreResult<i64> {
+        Ok(self.lock()?.pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+
+    /// A thread that panicked while holding the connection left no open
+    /// transaction behind (dropping one rolls it back), so the lock is
+    /// taken over rather than failing every later request.
+    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
+        Ok(self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+fn since(now: u64, window: Duration) -> i64 {
+    now.saturating_sub(window.as_secs()) as i64
+}
+
+impl Store for SqliteStore {
+    fn phones(&self, user: &str) -> StoreResult<Vec<PhoneRecord>> {
+        let db = self.lock()?;
+        let mut query = db.prepare_cached(
+            "SELECT id, name, secret, confirmed, created, last_step, last_used
+             FROM phones WHERE user = ?1 ORDER BY id",
+        )?;
+        let rows = query.query_map([user], |row| {
+            Ok(PhoneRecord {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                secret: Zeroizing::new(row.get(2)?),
+                confirmed: row.get(3)?,
+                created: row.get::<_, i64>(4)? as u64,
+                last_step: row.get::<_, i64>(5)? as u64,
+                last_used: row.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_pending_phone(&self, user: &str, name: &str, secret: &str, now: u64) -> StoreResult<()> {
+        let db = self.lock()?;
+        let changed = db.execute(
+            "INSERT INTO phones (user, name, secret, created) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user, name) DO UPDATE SET secret = excluded.secret,
+                 created = excluded.created
+             WHERE confirmed = 0",
+            params![user, name, secret, now as i64],
+        )?;
+        if changed == 0 { Err(StoreError::Exists) } else { Ok(()) }
+    }
+
+    fn confirm_phone(&self, id: i64, step: u64) -> StoreResult<bool> {
+        let db = self.lock()?;
+        let changed = db.execute(
+            "UPDATE phones SET confirmed = 1, last_step = ?2 WHERE id = ?1 AND confirmed = 0",
+            params![id, step as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn remove_phone(&self, user: &str, name: &str) -> StoreResult<bool> {
+        let db = self.lock()?;
+        let changed =
+            db.execute("DELETE FROM phones WHERE user = ?1 AND name = ?2", params![user, name])?;
+        Ok(changed == 1)
+    }
+
+    fn claim_step(&self, id: i64, step: u64, now: u64) -> StoreResult<bool> {
+        let db = self.lock()?;
+        let changed = db.execute(
+            "UPDATE phones SET last_step = ?2, last_used = ?3
+             WHERE id = ?1 AND confirmed = 1 AND last_step < ?2",
+            params![id, step as i64, now as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn record_failure(
+        &self,
+        user: &str,
+        now: u64,
+        window: Duration,
+        max: u32,
+    ) -> StoreResult<Option<u64>> {
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        let since = since(now, window);
+        tx.execute("DELETE FROM failures WHERE at <= ?1", [since])?;
+        tx.execute("INSERT INTO failures (user, at) VALUES (?1, ?2)", params![user, now as i64])?;
+        let count: i64 = tx.query_row(
+            "SELECT count(*) FROM failures WHERE user = ?1 AND at > ?2",
+            params![user, since],
+            |row| row.get(0),
+        )?;
+        let locked = if count >= i64::from(max) {
+            let until = now + window.as_secs();
+            tx.execute(
+                "INSERT INTO lockouts (user, until) VALUES (?1, ?2)
+                 ON CONFLICT (user) DO UPDATE SET until = excluded.until",
+                params![user, until as i64],
+            )?;
+            tx.execute("DELETE FROM failures WHERE user = ?1", [user])?;
+            Some(until)
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(locked)
+    }
+
+    fn recent_failures(&self, user: &str, now: u64, window: Duration) -> StoreResult<u32> {
+        let db = self.lock()?;
+        let count: i64 = db.query_row(
+            "SELECT count(*) FROM failures WHERE user = ?1 AND at > ?2",
+            params![user, since(now, window)],
+            |row| row.get(0),
+        )?;
+        Ok(count as u32)
+    }
+
+    fn clear_failures(&self, user: &str) -> StoreResult<()> {
+        self.lock()?.execute("DELETE FROM failures WHERE user = ?1", [user])?;
+        Ok(())
+    }
+
+    fn locked_until(&self, user: &str, now: u64) -> StoreResult<Option<u64>> {
+        let db = self.lock()?;
+        let until: Option<i64> = db
+            .query_row(
+                "SELECT until FROM lockouts WHERE user = ?1 AND until > ?2",
+                params![user, now as i64],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(until.map(|t| t as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+
+    pub(crate) fn temp_state(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir()
+            .join(format!("smartsignd-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn files_are_private_and_schema_is_current() {
+        let dir = temp_state("perms");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        let file = dir.join(SqliteStore::FILE);
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(store);
+        // Reopening migrates nothing and keeps the data.
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = temp_state("newer");
+        drop(SqliteStore::open(&dir).unwrap());
+        let db = Connection::open(dir.join(SqliteStore::FILE)).unwrap();
+        db.pragma_update(None, "user_version", 99).unwrap();
+        drop(db);
+        let err = SqliteStore::open(&dir).err().unwrap();
+        assert!(matches!(err, StoreError::NewerSchema { found: 99, known: 1 }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_not_a_panic() {
+        let dir = temp_state("damaged");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(SqliteStore::FILE), b"this is not a database, just junk bytes")
+            .unwrap();
+        assert!(SqliteStore::open(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pending_then_confirmed() {
+        let dir = temp_state("phones");
+        let store = SqliteStore::open(&dir).unwrap();
+        store.put_pending_phone("alice", "Pixel", "AAAA", 10).unwrap();
+        store.put_pending_phone("alice", "Pixel", "BBBB", 11).unwrap();
+        let phones = store.phones("alice").unwrap();
+        assert_eq!(phones.len(), 1);
+        assert_eq!(*phones[0].secret, "BBBB");
+        assert!(!phones[0].confirmed);
+        // Logins cannot claim steps on a pending phone.
+        assert!(!store.claim_step(phones[0].id, 5, 12).unwrap());
+        assert!(store.confirm_phone(phones[0].id, 7).unwrap());
+        assert!(!store.confirm_phone(phones[0].id, 8).unwrap());
+        assert!(matches!(
+            store.put_pending_phone("alice", "Pixel", "CCCC", 13),
+            Err(StoreError::Exists)
+        ));
+        assert!(store.phones("bob").unwrap().is_empty());
+        assert!(store.remove_phone("alice", "Pixel").unwrap());
+        assert!(!store.remove_phone("alice", "Pixel").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_step_is_claimed_once_even_under_a_race() {
+        let dir = temp_state("race");
+        let store = Arc::new(SqliteStore::open(&dir).unwrap());
+        store.put_pending_phone("alice", "Pixel", "AAAA", 1).unwrap();
+        let id = store.phones("alice").unwrap()[0].id;
+        store.confirm_phone(id, 100).unwrap();
+        assert!(!store.claim_step(id, 100, 2).unwrap(), "the confirming step is used");
+
+        let winners: usize = (0..8)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || store.claim_step(id, 101, 3).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(winners, 1);
+        assert!(!store.claim_step(id, 100, 4).unwrap(), "an older step stays refused");
+        assert_eq!(store.phones("alice").unwrap()[0].last_used, Some(3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn failures_lock_for_the_window() {
+        let dir = temp_state("lockout");
+        let store = SqliteStore::open(&dir).unwrap();
+        let window = Duration::from_secs(60);
+        assert_eq!(store.record_failure("alice", 1000, window, 3).unwrap(), None);
+        // A failure that has left the window no longer counts.
+        assert_eq!(store.record_failure("alice", 1061, window, 3).unwrap(), None);
+        assert_eq!(store.record_failure("alice", 1062, window, 3).unwrap(), None);
+        assert_eq!(store.recent_failures("alice", 1062, window).unwrap(), 2);
+        assert_eq!(store.record_failure("alice", 1063, window, 3).unwrap(), Some(1123));
+        assert_eq!(store.locked_until("alice", 1100).unwrap(), Some(1123));
+        assert_eq!(store.locked_until("alice", 1123).unwrap(), None);
+        assert_eq!(store.locked_until("bob", 1100).unwrap(), None);
+        store.record_failure("alice", 1200, window, 3).unwrap();
+        store.clear_failures("alice").unwrap();
+        assert_eq!(store.recent_failures("alice", 1200, window).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
