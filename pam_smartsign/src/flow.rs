@@ -58,11 +58,16 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         tty: pam.tty(),
     };
 
-    let phones = match daemon.call(Request::Begin { login: login.clone() }) {
+    let phones = match daemon.call(Request::Begin {
+        login: login.clone(),
+    }) {
         Ok(Response::Challenge { phones }) => phones,
         Ok(Response::NotEnrolled) => {
             if args.debug {
-                pam.log(Priority::Debug, "user is not enrolled; the rest of the stack decides");
+                pam.log(
+                    Priority::Debug,
+                    "user is not enrolled; the rest of the stack decides",
+                );
             }
             return Outcome::Ignore;
         }
@@ -71,23 +76,35 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         Err(err) => return unavailable(pam, args, &err.to_string()),
     };
     if args.debug {
-        pam.log(Priority::Debug, &format!("asking for a code from {} phone(s)", phones.len()));
+        pam.log(
+            Priority::Debug,
+            &format!("asking for a code from {} phone(s)", phones.len()),
+        );
     }
 
     let prompt = format!("SmartSign code for {}: ", printable(&login.user));
     let code = match pam.prompt_hidden(&prompt) {
         Ok(Some(code)) => code,
         Ok(None) => {
-            pam.log(Priority::Info, "the application returned no answer to the code prompt");
+            pam.log(
+                Priority::Info,
+                "the application returned no answer to the code prompt",
+            );
             return Outcome::AuthErr;
         }
         Err(outcome) => {
-            pam.log(Priority::Warning, "the conversation failed at the code prompt");
+            pam.log(
+                Priority::Warning,
+                "the conversation failed at the code prompt",
+            );
             return outcome;
         }
     };
     if code.expose().len() > MAX_ANSWER {
-        pam.log(Priority::Warning, &format!("refused an answer of over {MAX_ANSWER} bytes"));
+        pam.log(
+            Priority::Warning,
+            &format!("refused an answer of over {MAX_ANSWER} bytes"),
+        );
         pam.error("SmartSign: that is not a code.");
         return Outcome::AuthErr;
     }
@@ -95,7 +112,10 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
     match daemon.call(Request::VerifyCode { login, code }) {
         Ok(Response::Allow { phone }) => {
             if args.debug {
-                pam.log(Priority::Debug, &format!("code accepted from phone {phone:?}"));
+                pam.log(
+                    Priority::Debug,
+                    &format!("code accepted from phone {phone:?}"),
+                );
             }
             Outcome::Success
         }
@@ -123,14 +143,21 @@ fn locked_out(pam: &mut dyn Pam, until: u64, now: u64) -> Outcome {
 fn unavailable(pam: &mut dyn Pam, args: &Args, why: &str) -> Outcome {
     match args.failmode {
         Failmode::Secure => {
-            pam.log(Priority::Error, &format!("failmode=secure, refusing the login: {why}"));
-            pam.error("SmartSign is unavailable, so the login is refused. Contact your administrator.");
+            pam.log(
+                Priority::Error,
+                &format!("failmode=secure, refusing the login: {why}"),
+            );
+            pam.error(
+                "SmartSign is unavailable, so the login is refused. Contact your administrator.",
+            );
             Outcome::AuthInfoUnavail
         }
         Failmode::Safe => {
             pam.log(
                 Priority::Warning,
-                &format!("failmode=safe, no second factor asked, the rest of the stack decides: {why}"),
+                &format!(
+                    "failmode=safe, no second factor asked, the rest of the stack decides: {why}"
+                ),
             );
             pam.error("SmartSign is unavailable; continuing without the second factor.");
             Outcome::Ignore
@@ -147,11 +174,12 @@ fn describe(response: &Response) -> String {
 
 /// The user name as it may appear in a prompt: no control characters.
 fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
-#[allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use smartsign_proto::{DenyReason, ErrorKind};
@@ -213,13 +241,20 @@ mod tests {
 
     impl ScriptedDaemon {
         fn new(script: Vec<(&'static str, Result<Response, ClientError>)>) -> Self {
-            Self { script: RefCell::new(script.into()), codes: RefCell::default() }
+            Self {
+                script: RefCell::new(script.into()),
+                codes: RefCell::default(),
+            }
         }
     }
 
     impl Daemon for ScriptedDaemon {
         fn call(&self, request: Request) -> Result<Response, ClientError> {
-            let (op, answer) = self.script.borrow_mut().pop_front().expect("an unexpected call");
+            let (op, answer) = self
+                .script
+                .borrow_mut()
+                .pop_front()
+                .expect("an unexpected call");
             assert_eq!(request.op(), op);
             if let Request::VerifyCode { login, code } = &request {
                 assert_eq!(login.service, "sshd");
@@ -233,13 +268,18 @@ mod tests {
     impl Drop for ScriptedDaemon {
         fn drop(&mut self) {
             if !std::thread::panicking() {
-                assert!(self.script.borrow().is_empty(), "expected calls were not made");
+                assert!(
+                    self.script.borrow().is_empty(),
+                    "expected calls were not made"
+                );
             }
         }
     }
 
     fn challenge() -> Result<Response, ClientError> {
-        Ok(Response::Challenge { phones: vec!["Pixel 8".into()] })
+        Ok(Response::Challenge {
+            phones: vec!["Pixel 8".into()],
+        })
     }
 
     fn run(pam: &mut ScriptedPam, daemon: &ScriptedDaemon, args: &Args) -> Outcome {
@@ -251,7 +291,12 @@ mod tests {
         let mut pam = ScriptedPam::alice(&["123456"]);
         let daemon = ScriptedDaemon::new(vec![
             ("begin", challenge()),
-            ("verify_code", Ok(Response::Allow { phone: "Pixel 8".into() })),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
         assert_eq!(pam.prompts, ["SmartSign code for alice: "]);
@@ -264,7 +309,12 @@ mod tests {
         let mut pam = ScriptedPam::alice(&["000000"]);
         let daemon = ScriptedDaemon::new(vec![
             ("begin", challenge()),
-            ("verify_code", Ok(Response::Deny { reason: DenyReason::WrongCode })),
+            (
+                "verify_code",
+                Ok(Response::Deny {
+                    reason: DenyReason::WrongCode,
+                }),
+            ),
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
         assert_eq!(pam.errors, ["SmartSign: wrong code."]);
@@ -273,10 +323,15 @@ mod tests {
     #[test]
     fn lockout_is_maxtries_before_or_after_the_prompt() {
         let mut pam = ScriptedPam::alice(&[]);
-        let daemon = ScriptedDaemon::new(vec![("begin", Ok(Response::LockedOut { until: NOW + 90 }))]);
+        let daemon =
+            ScriptedDaemon::new(vec![("begin", Ok(Response::LockedOut { until: NOW + 90 }))]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::MaxTries);
         assert!(pam.prompts.is_empty());
-        assert!(pam.errors[0].contains("Try again in 2 minutes"), "{:?}", pam.errors);
+        assert!(
+            pam.errors[0].contains("Try again in 2 minutes"),
+            "{:?}",
+            pam.errors
+        );
 
         let mut pam = ScriptedPam::alice(&["111111"]);
         let daemon = ScriptedDaemon::new(vec![
@@ -284,7 +339,11 @@ mod tests {
             ("verify_code", Ok(Response::LockedOut { until: NOW + 5 })),
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::MaxTries);
-        assert!(pam.errors[0].contains("Try again in 1 minute,"), "{:?}", pam.errors);
+        assert!(
+            pam.errors[0].contains("Try again in 1 minute,"),
+            "{:?}",
+            pam.errors
+        );
     }
 
     #[test]
@@ -306,11 +365,21 @@ mod tests {
     fn daemon_down_follows_the_failmode() {
         let mut pam = ScriptedPam::alice(&[]);
         let daemon = ScriptedDaemon::new(vec![("begin", daemon_down())]);
-        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthInfoUnavail);
+        assert_eq!(
+            run(&mut pam, &daemon, &Args::default()),
+            Outcome::AuthInfoUnavail
+        );
         assert!(pam.errors[0].contains("unavailable"));
-        assert!(pam.logs.iter().any(|(p, l)| *p == Priority::Error && l.contains("failmode=secure")));
+        assert!(
+            pam.logs
+                .iter()
+                .any(|(p, l)| *p == Priority::Error && l.contains("failmode=secure"))
+        );
 
-        let safe = Args { failmode: Failmode::Safe, ..Args::default() };
+        let safe = Args {
+            failmode: Failmode::Safe,
+            ..Args::default()
+        };
         let mut pam = ScriptedPam::alice(&[]);
         let daemon = ScriptedDaemon::new(vec![("begin", daemon_down())]);
         assert_eq!(run(&mut pam, &daemon, &safe), Outcome::Ignore);
@@ -325,7 +394,10 @@ mod tests {
             ("begin", challenge()),
             ("verify_code", Err(ClientError::Timeout)),
         ]);
-        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthInfoUnavail);
+        assert_eq!(
+            run(&mut pam, &daemon, &Args::default()),
+            Outcome::AuthInfoUnavail
+        );
     }
 
     #[test]
@@ -338,7 +410,10 @@ mod tests {
         ] {
             let mut pam = ScriptedPam::alice(&[]);
             let daemon = ScriptedDaemon::new(vec![("begin", Ok(answer))]);
-            assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthInfoUnavail);
+            assert_eq!(
+                run(&mut pam, &daemon, &Args::default()),
+                Outcome::AuthInfoUnavail
+            );
         }
     }
 
@@ -366,7 +441,10 @@ mod tests {
 
     #[test]
     fn no_user_is_an_error_without_calling_the_daemon() {
-        let mut pam = ScriptedPam { user: None, ..ScriptedPam::default() };
+        let mut pam = ScriptedPam {
+            user: None,
+            ..ScriptedPam::default()
+        };
         let daemon = ScriptedDaemon::new(vec![]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::SystemErr);
     }
@@ -377,7 +455,12 @@ mod tests {
         pam.user = Some("ali\x1b[2Jce\n".into());
         let daemon = ScriptedDaemon::new(vec![
             ("begin", challenge()),
-            ("verify_code", Ok(Response::Deny { reason: DenyReason::WrongCode })),
+            (
+                "verify_code",
+                Ok(Response::Deny {
+                    reason: DenyReason::WrongCode,
+                }),
+            ),
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
         assert_eq!(pam.prompts, ["SmartSign code for ali?[2Jce?: "]);
@@ -407,11 +490,18 @@ mod tests {
         let path = dir.join("silent.sock");
         let _ = std::fs::remove_file(&path);
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let args = Args { socket: path, timeout: Duration::from_secs(1), ..Args::default() };
+        let args = Args {
+            socket: path,
+            timeout: Duration::from_secs(1),
+            ..Args::default()
+        };
         let client = Client::new(&args.socket, args.timeout);
         let mut pam = ScriptedPam::alice(&[]);
         let started = std::time::Instant::now();
-        assert_eq!(authenticate(&mut pam, &client, &args, NOW), Outcome::AuthInfoUnavail);
+        assert_eq!(
+            authenticate(&mut pam, &client, &args, NOW),
+            Outcome::AuthInfoUnavail
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
         let _ = std::fs::remove_dir_all(&dir);
     }

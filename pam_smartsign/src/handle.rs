@@ -25,7 +25,10 @@ pub struct Handle<'a> {
 
 impl<'a> Handle<'a> {
     pub fn new(pamh: &'a mut PamHandle, flags: PamFlag) -> Self {
-        Self { pamh, silent: flags & PAM_SILENT != 0 }
+        Self {
+            pamh,
+            silent: flags & PAM_SILENT != 0,
+        }
     }
 
     pub fn log_warning(&mut self, text: &str) {
@@ -45,7 +48,9 @@ impl<'a> Handle<'a> {
 
 impl Pam for Handle<'_> {
     fn user(&mut self) -> Result<String, Outcome> {
-        self.pamh.get_user(None).map_err(|code| Outcome::from_pam(&code))
+        self.pamh
+            .get_user(None)
+            .map_err(|code| Outcome::from_pam(&code))
     }
 
     fn service(&self) -> Option<String> {
@@ -53,7 +58,8 @@ impl Pam for Handle<'_> {
     }
 
     fn rhost(&self) -> Option<String> {
-        self.string_item::<RHost>().filter(|rhost| !rhost.is_empty())
+        self.string_item::<RHost>()
+            .filter(|rhost| !rhost.is_empty())
     }
 
     fn tty(&self) -> Option<String> {
@@ -66,7 +72,9 @@ impl Pam for Handle<'_> {
             Ok(None) => return Err(Outcome::ConvErr),
             Err(code) => return Err(Outcome::from_pam(&code)),
         };
-        let reply = conv.send(PAM_PROMPT_ECHO_OFF, prompt).map_err(|code| Outcome::from_pam(&code))?;
+        let reply = conv
+            .send(PAM_PROMPT_ECHO_OFF, prompt)
+            .map_err(|code| Outcome::from_pam(&code))?;
         // A reply that is not UTF-8 goes on, replaced, so the daemon refuses and logs it.
         Ok(reply.map(|bytes| Secret::new(String::from_utf8_lossy(bytes.as_bytes()).into_owned())))
     }
@@ -88,7 +96,10 @@ impl Pam for Handle<'_> {
             Priority::Info => libc::LOG_INFO,
             Priority::Debug => libc::LOG_DEBUG,
         };
-        let text: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let text: String = text
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         let Ok(text) = CString::new(text) else { return };
 
         // SAFETY: `pamh` is the live handle of this call; the format is a

@@ -32,7 +32,9 @@ impl PamHooks for SmartSign {
             let mut handle = Handle::new(pamh, flags);
             let args = Args::parse(&args, &mut |text| handle.log_warning(text));
             let daemon = Client::new(&args.socket, args.timeout);
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             flow::authenticate(&mut handle, &daemon, &args, now)
         })
     }

@@ -51,7 +51,9 @@ impl Outcome {
 
     /// The outcome for a raw code, `None` for codes this module never returns.
     pub fn from_raw(raw: i32) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|outcome| outcome.raw() == raw)
+        Outcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.raw() == raw)
     }
 
     /// Maps a code returned by libpam (from `pam_get_user`, the conversation)
@@ -79,7 +81,6 @@ pub fn guarded(body: impl FnOnce() -> Outcome) -> PamResultCode {
 }
 
 #[cfg(test)]
-#[allow(clippy::panic)]
 mod tests {
     use super::*;
 

@@ -13,9 +13,14 @@ use crate::{PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame};
 #[derive(Debug)]
 pub enum ClientError {
     /// Nothing listens on the socket: the daemon is not running.
-    NotRunning { path: PathBuf, source: io::Error },
+    NotRunning {
+        path: PathBuf,
+        source: io::Error,
+    },
     /// The socket exists but may not be opened by this user.
-    Permission { path: PathBuf },
+    Permission {
+        path: PathBuf,
+    },
     /// The daemon did not answer in time.
     Timeout,
     Frame(FrameError),
@@ -26,7 +31,11 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::NotRunning { path, source } => {
-                write!(f, "smartsignd is not running (socket {}: {source})", path.display())
+                write!(
+                    f,
+                    "smartsignd is not running (socket {}: {source})",
+                    path.display()
+                )
             }
             ClientError::Permission { path } => {
                 write!(f, "permission denied on the socket {}", path.display())
@@ -49,14 +58,20 @@ pub struct Client {
 
 impl Client {
     pub fn new(path: impl Into<PathBuf>, timeout: Duration) -> Self {
-        Self { path: path.into(), timeout }
+        Self {
+            path: path.into(),
+            timeout,
+        }
     }
 
     pub fn call(&self, request: Request) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut stream = connect(&self.path, self.timeout)?;
 
-        let frame = RequestFrame { v: PROTOCOL_VERSION, request };
+        let frame = RequestFrame {
+            v: PROTOCOL_VERSION,
+            request,
+        };
         write_frame(&mut stream, &frame, deadline).map_err(frame_error)?;
         let answer: ResponseFrame = read_frame(&mut stream, deadline).map_err(frame_error)?;
         Ok(answer.response)
@@ -97,7 +112,9 @@ fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
 
     // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
     let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    stream.set_write_timeout(Some(timeout)).map_err(ClientError::Io)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(ClientError::Io)?;
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
 
     // SAFETY: `addr` is an initialised sockaddr_un and `len` is its size.
@@ -108,10 +125,13 @@ fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
     let err = io::Error::last_os_error();
     Err(match err.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
-        io::ErrorKind::PermissionDenied => ClientError::Permission { path: path.to_owned() },
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-            ClientError::NotRunning { path: path.to_owned(), source: err }
-        }
+        io::ErrorKind::PermissionDenied => ClientError::Permission {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+            path: path.to_owned(),
+            source: err,
+        },
         _ => ClientError::Io(err),
     })
 }
@@ -126,7 +146,8 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("smartsign-proto-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("smartsign-proto-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -159,9 +180,13 @@ mod tests {
         let dir = temp_dir("backlog");
         let path = socket_in(&dir);
         let listener = UnixListener::bind(&path).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+
         // Linux lets listen() be called again to shrink the backlog.
-        // SAFETY: the descriptor is a listening socket owned by `listener`.
-        assert_eq!(unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 1) }, 0);
+        // SAFETY: `fd` is a listening socket owned by `listener`, alive here.
+        let rc = unsafe { libc::listen(fd, 1) };
+
+        assert_eq!(rc, 0);
         // Fill the backlog with connections nobody accepts.
         let mut held = Vec::new();
         for _ in 0..64 {

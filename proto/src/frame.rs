@@ -43,7 +43,10 @@ impl std::fmt::Display for FrameError {
             }
             FrameError::Malformed(why) => write!(f, "malformed frame: {why}"),
             FrameError::UnsupportedVersion(v) => {
-                write!(f, "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})")
+                write!(
+                    f,
+                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
+                )
             }
             FrameError::Io(err) => write!(f, "{err}"),
         }
@@ -71,7 +74,9 @@ pub fn write_frame<T: Serialize>(
 
     let mut sent = 0;
     while sent < frame.len() {
-        stream.set_write_timeout(Some(time_left(deadline)?)).map_err(FrameError::Io)?;
+        stream
+            .set_write_timeout(Some(time_left(deadline)?))
+            .map_err(FrameError::Io)?;
         match stream.write(&frame[sent..]) {
             Ok(0) => return Err(FrameError::Closed),
             Ok(n) => sent += n,
@@ -128,7 +133,9 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 fn read_full(stream: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> Result<(), FrameError> {
     let mut filled = 0;
     while filled < buf.len() {
-        stream.set_read_timeout(Some(time_left(deadline)?)).map_err(FrameError::Io)?;
+        stream
+            .set_read_timeout(Some(time_left(deadline)?))
+            .map_err(FrameError::Io)?;
         match stream.read(&mut buf[filled..]) {
             Ok(0) if filled == 0 => return Err(FrameError::Closed),
             Ok(0) => return Err(FrameError::Truncated),
@@ -144,7 +151,11 @@ fn read_full(stream: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> Resu
 /// the socket, so an expired deadline is an error instead.
 fn time_left(deadline: Instant) -> Result<Duration, FrameError> {
     let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() { Err(FrameError::Timeout) } else { Ok(left) }
+    if left.is_zero() {
+        Err(FrameError::Timeout)
+    } else {
+        Ok(left)
+    }
 }
 
 fn io_error(err: io::Error) -> FrameError {
@@ -180,7 +191,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let (mut client, mut server) = UnixStream::pair().unwrap();
-        let sent = RequestFrame { v: 1, request: Request::Status { user: None } };
+        let sent = RequestFrame {
+            v: 1,
+            request: Request::Status { user: None },
+        };
         write_frame(&mut client, &sent, soon()).unwrap();
         let got: RequestFrame = read_frame(&mut server, soon()).unwrap();
         assert_eq!(got.request, sent.request);
@@ -197,7 +211,10 @@ mod tests {
     #[test]
     fn oversized_value_is_not_sent() {
         let (mut client, _server) = UnixStream::pair().unwrap();
-        let big = Request::PhoneAdd { user: None, name: "x".repeat(MAX_FRAME) };
+        let big = Request::PhoneAdd {
+            user: None,
+            name: "x".repeat(MAX_FRAME),
+        };
         let err = write_frame(&mut client, &RequestFrame { v: 1, request: big }, soon());
         assert!(matches!(err, Err(FrameError::TooLarge(_))));
     }
@@ -224,7 +241,10 @@ mod tests {
             let err = read_request(&framed(body)).unwrap_err();
             assert!(matches!(err, FrameError::Malformed(_)), "{body:?}: {err}");
         }
-        assert!(matches!(read_request(&[0, 0, 0, 0]), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            read_request(&[0, 0, 0, 0]),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -23,16 +23,35 @@ pub struct LoginContext {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// A login has reached the module: which second factor, if any, applies?
-    Begin { login: LoginContext },
+    Begin {
+        login: LoginContext,
+    },
     /// The user typed a code at the login prompt.
-    VerifyCode { login: LoginContext, code: Secret },
-    Status { user: Option<String> },
+    VerifyCode {
+        login: LoginContext,
+        code: Secret,
+    },
+    Status {
+        user: Option<String>,
+    },
     /// Create a pending phone with a fresh secret; replaces a pending one of that name.
-    PhoneAdd { user: Option<String>, name: String },
+    PhoneAdd {
+        user: Option<String>,
+        name: String,
+    },
     /// Confirm a pending phone with the code its app shows now.
-    PhoneConfirm { user: Option<String>, name: String, code: Secret },
-    PhoneList { user: Option<String> },
-    PhoneRemove { user: Option<String>, name: String },
+    PhoneConfirm {
+        user: Option<String>,
+        name: String,
+        code: Secret,
+    },
+    PhoneList {
+        user: Option<String>,
+    },
+    PhoneRemove {
+        user: Option<String>,
+        name: String,
+    },
 }
 
 impl Request {
@@ -152,23 +171,39 @@ pub struct NewPhone {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// The user is enrolled: ask for a code. Lists the confirmed phones.
-    Challenge { phones: Vec<String> },
+    Challenge {
+        phones: Vec<String>,
+    },
     /// No confirmed phone: SmartSign has nothing to ask.
     NotEnrolled,
-    Allow { phone: String },
-    Deny { reason: DenyReason },
+    Allow {
+        phone: String,
+    },
+    Deny {
+        reason: DenyReason,
+    },
     /// Too many failures; logins are refused until `until` (Unix seconds).
-    LockedOut { until: u64 },
+    LockedOut {
+        until: u64,
+    },
     Status(AccountStatus),
     PhoneCreated(NewPhone),
-    Phones { phones: Vec<PhoneInfo> },
+    Phones {
+        phones: Vec<PhoneInfo>,
+    },
     Done,
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Response {
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Response::Error { kind, message: message.into() }
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -200,8 +235,15 @@ mod tests {
     #[test]
     fn no_code_or_secret_in_display_or_debug() {
         let requests = [
-            Request::VerifyCode { login: login(), code: "493817".into() },
-            Request::PhoneConfirm { user: None, name: "Pixel".into(), code: "493817".into() },
+            Request::VerifyCode {
+                login: login(),
+                code: "493817".into(),
+            },
+            Request::PhoneConfirm {
+                user: None,
+                name: "Pixel".into(),
+                code: "493817".into(),
+            },
         ];
         for request in &requests {
             assert!(!request.to_string().contains("493817"), "{request}");
@@ -236,14 +278,29 @@ mod tests {
 
         let allow = r#"{"v":1,"response":{"result":"allow","phone":"Pixel 8"}}"#;
         let frame: ResponseFrame = serde_json::from_str(allow).unwrap();
-        assert_eq!(frame.response, Response::Allow { phone: "Pixel 8".into() });
+        assert_eq!(
+            frame.response,
+            Response::Allow {
+                phone: "Pixel 8".into()
+            }
+        );
 
         let locked = r#"{"v":1,"response":{"result":"locked_out","until":1800000000}}"#;
         let frame: ResponseFrame = serde_json::from_str(locked).unwrap();
-        assert_eq!(frame.response, Response::LockedOut { until: 1_800_000_000 });
+        assert_eq!(
+            frame.response,
+            Response::LockedOut {
+                until: 1_800_000_000
+            }
+        );
 
         let deny = r#"{"v":1,"response":{"result":"deny","reason":"reused_code"}}"#;
         let frame: ResponseFrame = serde_json::from_str(deny).unwrap();
-        assert_eq!(frame.response, Response::Deny { reason: DenyReason::ReusedCode });
+        assert_eq!(
+            frame.response,
+            Response::Deny {
+                reason: DenyReason::ReusedCode
+            }
+        );
     }
 }

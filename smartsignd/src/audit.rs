@@ -194,7 +194,10 @@ mod tests {
         event.rhost = Some("x\" result=\"allow".into());
         let line = event.to_string();
         assert!(!line.contains('\n'));
-        assert!(line.starts_with("user=\"mallory\\x0auser=root result=allow\" "), "{line}");
+        assert!(
+            line.starts_with("user=\"mallory\\x0auser=root result=allow\" "),
+            "{line}"
+        );
         assert!(line.contains("rhost=\"x\\\" result=\\\"allow\""), "{line}");
         assert!(line.contains(" result=deny "));
     }

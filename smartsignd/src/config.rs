@@ -54,13 +54,18 @@ impl Default for Config {
 
 impl Default for TotpConfig {
     fn default() -> Self {
-        Self { skew: default_skew() }
+        Self {
+            skew: default_skew(),
+        }
     }
 }
 
 impl Default for LockoutConfig {
     fn default() -> Self {
-        Self { max_failures: default_max_failures(), window: default_window() }
+        Self {
+            max_failures: default_max_failures(),
+            window: default_window(),
+        }
     }
 }
 
@@ -124,7 +129,9 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|err| {
             let span = err.span();
-            let line = span.as_ref().map(|span| text[..span.start].matches('\n').count() + 1);
+            let line = span
+                .as_ref()
+                .map(|span| text[..span.start].matches('\n').count() + 1);
             let key = span.and_then(|span| key_at(text, span.start));
             ConfigError {
                 path: path.to_owned(),
@@ -159,7 +166,10 @@ fn absolute_path<'de, D: Deserializer<'de>>(de: D) -> Result<PathBuf, D::Error> 
     if path.is_absolute() {
         Ok(path)
     } else {
-        Err(serde::de::Error::custom(format!("{} is not an absolute path", path.display())))
+        Err(serde::de::Error::custom(format!(
+            "{} is not an absolute path",
+            path.display()
+        )))
     }
 }
 
@@ -219,7 +229,10 @@ mod tests {
     fn empty_file_gives_the_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(config.socket, PathBuf::from("/run/smartsign/smartsignd.sock"));
+        assert_eq!(
+            config.socket,
+            PathBuf::from("/run/smartsign/smartsignd.sock")
+        );
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/smartsign"));
         assert_eq!(config.totp.skew, 1);
         assert_eq!(config.lockout.max_failures, 5);
@@ -250,9 +263,24 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_line() {
         let cases = [
-            ("socket = \"/s\"\nsokcet = \"/t\"\n", 2, "sokcet", "unknown field"),
-            ("[totp]\nskew = 1\n\n[lockout]\nwindow = \"soon\"\n", 5, "window", "not a duration"),
-            ("[lockout]\nmax_failures = 0\n", 2, "max_failures", "from 1 to 1000"),
+            (
+                "socket = \"/s\"\nsokcet = \"/t\"\n",
+                2,
+                "sokcet",
+                "unknown field",
+            ),
+            (
+                "[totp]\nskew = 1\n\n[lockout]\nwindow = \"soon\"\n",
+                5,
+                "window",
+                "not a duration",
+            ),
+            (
+                "[lockout]\nmax_failures = 0\n",
+                2,
+                "max_failures",
+                "from 1 to 1000",
+            ),
             ("[totp]\nskew = 99\n", 2, "skew", "from 0 to 10"),
             ("[totp]\nskew = \"one\"\n", 2, "skew", "invalid type"),
             ("state_dir = \"relative\"\n", 1, "state_dir", "absolute"),

@@ -14,7 +14,10 @@ pub fn check_user(name: &str) -> Result<(), String> {
     if name.starts_with('-') {
         return Err("a user name cannot start with '-'".into());
     }
-    if name.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == ':') {
+    if name
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == ':')
+    {
         return Err("a user name cannot hold control characters, spaces, '/' or ':'".into());
     }
     Ok(())
@@ -40,11 +43,28 @@ mod tests {
 
     #[test]
     fn users() {
-        for good in ["alice", "bob.smith", "svc_backup", "j-doe", "user@example.org", "u1000"] {
+        for good in [
+            "alice",
+            "bob.smith",
+            "svc_backup",
+            "j-doe",
+            "user@example.org",
+            "u1000",
+        ] {
             assert!(check_user(good).is_ok(), "{good}");
         }
         let long = "a".repeat(MAX_USER + 1);
-        for bad in ["", "../etc/passwd", "a/b", "a\0b", "a\nb", "a b", "-rf", "a:b", &long] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/b",
+            "a\0b",
+            "a\nb",
+            "a b",
+            "-rf",
+            "a:b",
+            &long,
+        ] {
             assert!(check_user(bad).is_err(), "{bad:?}");
         }
     }
@@ -55,7 +75,16 @@ mod tests {
             assert!(check_phone(good).is_ok(), "{good}");
         }
         let long = "p".repeat(MAX_PHONE_NAME + 1);
-        for bad in ["", "   ", " lead", "trail ", "a\tb", "a\u{1b}[2J", "a\0", &long] {
+        for bad in [
+            "",
+            "   ",
+            " lead",
+            "trail ",
+            "a\tb",
+            "a\u{1b}[2J",
+            "a\0",
+            &long,
+        ] {
             assert!(check_phone(bad).is_err(), "{bad:?}");
         }
     }

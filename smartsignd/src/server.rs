@@ -32,10 +32,18 @@ impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BindError::AlreadyRunning(path) => {
-                write!(f, "another smartsignd is already listening on {}", path.display())
+                write!(
+                    f,
+                    "another smartsignd is already listening on {}",
+                    path.display()
+                )
             }
             BindError::NotASocket(path) => {
-                write!(f, "{} exists and is not a socket; remove it or choose another path", path.display())
+                write!(
+                    f,
+                    "{} exists and is not a socket; remove it or choose another path",
+                    path.display()
+                )
             }
             BindError::Io { path, source } => write!(f, "{}: {source}", path.display()),
         }
@@ -47,12 +55,15 @@ impl std::error::Error for BindError {}
 /// Binds the socket, replacing a stale one left by a daemon that died.
 /// Every local user may connect; what they may ask is decided per request.
 pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
-    let io = |source| BindError::Io { path: path.to_owned(), source };
-    if let Some(parent) = path.parent() {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-            std::fs::set_permissions(parent, PermissionsExt::from_mode(0o755)).map_err(io)?;
-        }
+    let io = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent).map_err(io)?;
+        std::fs::set_permissions(parent, PermissionsExt::from_mode(0o755)).map_err(io)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -91,10 +102,12 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
         }
         let service = Arc::clone(&service);
         let active = Arc::clone(&active);
-        let spawned = std::thread::Builder::new().name("client".into()).spawn(move || {
-            serve_one(stream, &service);
-            active.fetch_sub(1, Ordering::SeqCst);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || {
+                serve_one(stream, &service);
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
         if let Err(err) = spawned {
             eprintln!("smartsignd: cannot start a thread: {err}");
         }
@@ -105,14 +118,28 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
 fn is_transient(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EINTR | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+        )
     )
 }
 
 fn busy(mut stream: UnixStream) {
     let deadline = Instant::now() + Duration::from_millis(200);
     let answer = Response::error(ErrorKind::Internal, "smartsignd is busy; try again");
-    let _ = write_frame(&mut stream, &ResponseFrame { v: PROTOCOL_VERSION, response: answer }, deadline);
+    let _ = write_frame(
+        &mut stream,
+        &ResponseFrame {
+            v: PROTOCOL_VERSION,
+            response: answer,
+        },
+        deadline,
+    );
 }
 
 fn serve_one(mut stream: UnixStream, service: &Service) {
@@ -130,7 +157,9 @@ fn serve_one(mut stream: UnixStream, service: &Service) {
         Ok(frame) => {
             let request = frame.request;
             let summary = request.to_string();
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.handle(uid, request))) {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                service.handle(uid, request)
+            })) {
                 Ok(response) => response,
                 Err(_) => {
                     eprintln!("smartsignd: internal error handling {summary} from uid {uid}");
@@ -152,7 +181,10 @@ fn serve_one(mut stream: UnixStream, service: &Service) {
             Response::error(kind, err.to_string())
         }
     };
-    let frame = ResponseFrame { v: PROTOCOL_VERSION, response };
+    let frame = ResponseFrame {
+        v: PROTOCOL_VERSION,
+        response,
+    };
     if let Err(err) = write_frame(&mut stream, &frame, deadline) {
         eprintln!("smartsignd: answering uid {uid}: {err}");
     }

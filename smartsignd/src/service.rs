@@ -29,18 +29,28 @@ pub struct Nss;
 
 impl Accounts for Nss {
     fn uid_of(&self, user: &str) -> Option<u32> {
-        nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw())
+        nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
     }
 
     fn name_of(&self, uid: u32) -> Option<String> {
-        nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name)
+        nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
     }
 }
 
 pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
 pub fn system_clock() -> Clock {
-    Box::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    Box::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
 }
 
 pub struct Service {
@@ -61,7 +71,10 @@ struct Refusal {
 
 impl Refusal {
     fn quiet(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Refusal { response: Response::error(kind, message), audit: None }
+        Refusal {
+            response: Response::error(kind, message),
+            audit: None,
+        }
     }
 }
 
@@ -69,7 +82,10 @@ impl From<StoreError> for Refusal {
     fn from(err: StoreError) -> Self {
         eprintln!("smartsignd: {err}");
         Refusal {
-            response: Response::error(ErrorKind::Internal, "the SmartSign store failed; see the daemon's log"),
+            response: Response::error(
+                ErrorKind::Internal,
+                "the SmartSign store failed; see the daemon's log",
+            ),
             audit: Some((Outcome::Deny, format!("store error: {err}"))),
         }
     }
@@ -83,7 +99,11 @@ impl Service {
             }
             _ => ("smartsign".to_owned(), None),
         };
-        let method = if login.is_some() { Method::AppCode } else { Method::Manage };
+        let method = if login.is_some() {
+            Method::AppCode
+        } else {
+            Method::Manage
+        };
 
         let user = match self.authorize(peer_uid, &request) {
             Ok(user) => user,
@@ -144,12 +164,18 @@ impl Service {
         let user = match request.target_user() {
             Some(user) => user.to_owned(),
             None => self.accounts.name_of(peer_uid).ok_or_else(|| {
-                Refusal::quiet(ErrorKind::NotFound, format!("uid {peer_uid} has no user name"))
+                Refusal::quiet(
+                    ErrorKind::NotFound,
+                    format!("uid {peer_uid} has no user name"),
+                )
             })?,
         };
         if let Err(why) = names::check_user(&user) {
             return Err(Refusal {
-                response: Response::error(ErrorKind::BadRequest, format!("invalid user name: {why}")),
+                response: Response::error(
+                    ErrorKind::BadRequest,
+                    format!("invalid user name: {why}"),
+                ),
                 audit: Some((Outcome::Refused, format!("invalid user name: {why}"))),
             });
         }
@@ -160,8 +186,13 @@ impl Service {
         let target_uid = self.accounts.uid_of(&user);
         if peer_uid == 0 {
             // Root may name any account; managing one needs it to exist.
-            if target_uid.is_none() && !matches!(request, Request::Begin { .. } | Request::VerifyCode { .. }) {
-                return Err(Refusal::quiet(ErrorKind::NotFound, format!("no such user: {user}")));
+            if target_uid.is_none()
+                && !matches!(request, Request::Begin { .. } | Request::VerifyCode { .. })
+            {
+                return Err(Refusal::quiet(
+                    ErrorKind::NotFound,
+                    format!("no such user: {user}"),
+                ));
             }
             return Ok(user);
         }
@@ -188,14 +219,22 @@ impl Service {
             self.audit_login(login, Method::None, None, Outcome::Deny, "locked out");
             return Ok(Response::LockedOut { until });
         }
-        Ok(Response::Challenge { phones: phones.into_iter().map(|p| p.name).collect() })
+        Ok(Response::Challenge {
+            phones: phones.into_iter().map(|p| p.name).collect(),
+        })
     }
 
     fn verify(&self, login: &LoginContext, code: &Secret) -> Result<Response, Refusal> {
         let now = (self.clock)();
         let phones = confirmed(self.store.phones(&login.user)?);
         if phones.is_empty() {
-            self.audit_login(login, Method::AppCode, None, Outcome::Ignore, "not enrolled");
+            self.audit_login(
+                login,
+                Method::AppCode,
+                None,
+                Outcome::Ignore,
+                "not enrolled",
+            );
             return Ok(Response::NotEnrolled);
         }
         if let Some(until) = self.store.locked_until(&login.user, now)? {
@@ -214,8 +253,16 @@ impl Service {
                     CodeMatch::Fresh(step) => {
                         if self.store.claim_step(phone.id, step, now)? {
                             self.store.clear_failures(&login.user)?;
-                            self.audit_login(login, Method::AppCode, Some(&phone.name), Outcome::Allow, "code accepted");
-                            return Ok(Response::Allow { phone: phone.name.clone() });
+                            self.audit_login(
+                                login,
+                                Method::AppCode,
+                                Some(&phone.name),
+                                Outcome::Allow,
+                                "code accepted",
+                            );
+                            return Ok(Response::Allow {
+                                phone: phone.name.clone(),
+                            });
                         }
                         // Another login claimed this step between our read and write.
                         reason = DenyReason::ReusedCode;
@@ -228,7 +275,10 @@ impl Service {
         };
 
         let lockout = &self.config.lockout;
-        match self.store.record_failure(&login.user, now, lockout.window, lockout.max_failures)? {
+        match self
+            .store
+            .record_failure(&login.user, now, lockout.window, lockout.max_failures)?
+        {
             Some(until) => {
                 let why = format!(
                     "{}; locked out after {} failures",
@@ -239,7 +289,13 @@ impl Service {
                 Ok(Response::LockedOut { until })
             }
             None => {
-                self.audit_login(login, Method::AppCode, None, Outcome::Deny, reason.describe());
+                self.audit_login(
+                    login,
+                    Method::AppCode,
+                    None,
+                    Outcome::Deny,
+                    reason.describe(),
+                );
                 Ok(Response::Deny { reason })
             }
         }
@@ -274,15 +330,24 @@ impl Service {
         }
 
         let secret = totp::generate_secret().map_err(|err| {
-            Refusal::quiet(ErrorKind::Internal, format!("no randomness from the OS: {err}"))
+            Refusal::quiet(
+                ErrorKind::Internal,
+                format!("no randomness from the OS: {err}"),
+            )
         })?;
         let account = format!("{user}@{}", self.hostname);
         let uri = totp::otpauth_uri(&secret, &account)
             .ok_or_else(|| Refusal::quiet(ErrorKind::Internal, "cannot build the otpauth URI"))?;
-        match self.store.put_pending_phone(user, name, &secret, (self.clock)()) {
+        match self
+            .store
+            .put_pending_phone(user, name, &secret, (self.clock)())
+        {
             Ok(()) => {}
             Err(StoreError::Exists) => {
-                return Err(Refusal::quiet(ErrorKind::AlreadyExists, format!("{name:?} exists")));
+                return Err(Refusal::quiet(
+                    ErrorKind::AlreadyExists,
+                    format!("{name:?} exists"),
+                ));
             }
             Err(err) => return Err(err.into()),
         }
@@ -304,10 +369,16 @@ impl Service {
         check_phone_name(name)?;
         let phones = self.store.phones(user)?;
         let Some(phone) = phones.iter().find(|p| p.name == name) else {
-            return Err(Refusal::quiet(ErrorKind::NotFound, format!("no phone named {name:?}")));
+            return Err(Refusal::quiet(
+                ErrorKind::NotFound,
+                format!("no phone named {name:?}"),
+            ));
         };
         if phone.confirmed {
-            return Err(Refusal::quiet(ErrorKind::AlreadyExists, format!("{name:?} is already confirmed")));
+            return Err(Refusal::quiet(
+                ErrorKind::AlreadyExists,
+                format!("{name:?} is already confirmed"),
+            ));
         }
         let now = (self.clock)();
         let code = normalize(code.expose());
@@ -321,19 +392,27 @@ impl Service {
                     ErrorKind::WrongCode,
                     "that is not the code the app shows for this phone now",
                 ),
-                audit: Some((Outcome::Deny, format!("wrong code confirming phone {name:?}"))),
+                audit: Some((
+                    Outcome::Deny,
+                    format!("wrong code confirming phone {name:?}"),
+                )),
             }),
         }
     }
 
     fn phone_list(&self, user: &str) -> Result<Response, Refusal> {
-        Ok(Response::Phones { phones: self.store.phones(user)?.iter().map(phone_info).collect() })
+        Ok(Response::Phones {
+            phones: self.store.phones(user)?.iter().map(phone_info).collect(),
+        })
     }
 
     fn phone_remove(&self, peer_uid: u32, user: &str, name: &str) -> Result<Response, Refusal> {
         check_phone_name(name)?;
         if !self.store.remove_phone(user, name)? {
-            return Err(Refusal::quiet(ErrorKind::NotFound, format!("no phone named {name:?}")));
+            return Err(Refusal::quiet(
+                ErrorKind::NotFound,
+                format!("no phone named {name:?}"),
+            ));
         }
         self.audit_manage(peer_uid, user, name, "phone removed");
         Ok(Response::Done)
@@ -405,12 +484,22 @@ fn check_phone_name(name: &str) -> Result<(), Refusal> {
 /// Service, remote host and tty are free text from the PAM application;
 /// bound them so that they fit an audit line.
 fn check_login_fields(login: &LoginContext) -> Result<(), Refusal> {
-    let fields = [Some(&login.service), login.rhost.as_ref(), login.tty.as_ref()];
+    let fields = [
+        Some(&login.service),
+        login.rhost.as_ref(),
+        login.tty.as_ref(),
+    ];
     for value in fields.into_iter().flatten() {
         if value.len() > 1024 || value.contains('\0') {
             return Err(Refusal {
-                response: Response::error(ErrorKind::BadRequest, "over-long or NUL-bearing login field"),
-                audit: Some((Outcome::Refused, "over-long or NUL-bearing login field".into())),
+                response: Response::error(
+                    ErrorKind::BadRequest,
+                    "over-long or NUL-bearing login field",
+                ),
+                audit: Some((
+                    Outcome::Refused,
+                    "over-long or NUL-bearing login field".into(),
+                )),
             });
         }
     }

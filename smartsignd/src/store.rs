@@ -31,8 +31,14 @@ pub enum StoreError {
     /// A confirmed phone of that name exists.
     Exists,
     /// The file was written by a newer smartsignd.
-    NewerSchema { found: i64, known: i64 },
-    Io { path: PathBuf, source: std::io::Error },
+    NewerSchema {
+        found: i64,
+        known: i64,
+    },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     Db(rusqlite::Error),
 }
 
@@ -73,8 +79,13 @@ pub trait Store: Send + Sync {
     fn claim_step(&self, id: i64, step: u64, now: u64) -> StoreResult<bool>;
     /// Counts a failure; at `max` failures within `window`, locks the user
     /// until `now + window` and returns that time.
-    fn record_failure(&self, user: &str, now: u64, window: Duration, max: u32)
-    -> StoreResult<Option<u64>>;
+    fn record_failure(
+        &self,
+        user: &str,
+        now: u64,
+        window: Duration,
+        max: u32,
+    ) -> StoreResult<Option<u64>>;
     fn recent_failures(&self, user: &str, now: u64, window: Duration) -> StoreResult<u32>;
     fn clear_failures(&self, user: &str) -> StoreResult<()>;
     fn locked_until(&self, user: &str, now: u64) -> StoreResult<Option<u64>>;
@@ -113,7 +124,11 @@ impl SqliteStore {
             let path = path.to_owned();
             move |source| StoreError::Io { path, source }
         };
-        DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io(state_dir))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(io(state_dir))?;
         std::fs::set_permissions(state_dir, Permissions::from_mode(0o700))
             .map_err(io(state_dir))?;
 
@@ -152,14 +167,19 @@ impl SqliteStore {
     }
 
     pub fn schema_version(&self) -> StoreResult<i64> {
-        Ok(self.lock()?.pragma_query_value(None, "user_version", |row| row.get(0))?)
+        Ok(self
+            .lock()?
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
     /// A thread that panicked while holding the connection left no open
     /// transaction behind (dropping one rolls it back), so the lock is
     /// taken over rather than failing every later request.
     fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
-        Ok(self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Ok(self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -197,7 +217,11 @@ impl Store for SqliteStore {
              WHERE confirmed = 0",
             params![user, name, secret, now as i64],
         )?;
-        if changed == 0 { Err(StoreError::Exists) } else { Ok(()) }
+        if changed == 0 {
+            Err(StoreError::Exists)
+        } else {
+            Ok(())
+        }
     }
 
     fn confirm_phone(&self, id: i64, step: u64) -> StoreResult<bool> {
@@ -211,8 +235,10 @@ impl Store for SqliteStore {
 
     fn remove_phone(&self, user: &str, name: &str) -> StoreResult<bool> {
         let db = self.lock()?;
-        let changed =
-            db.execute("DELETE FROM phones WHERE user = ?1 AND name = ?2", params![user, name])?;
+        let changed = db.execute(
+            "DELETE FROM phones WHERE user = ?1 AND name = ?2",
+            params![user, name],
+        )?;
         Ok(changed == 1)
     }
 
@@ -237,7 +263,10 @@ impl Store for SqliteStore {
         let tx = db.transaction()?;
         let since = since(now, window);
         tx.execute("DELETE FROM failures WHERE at <= ?1", [since])?;
-        tx.execute("INSERT INTO failures (user, at) VALUES (?1, ?2)", params![user, now as i64])?;
+        tx.execute(
+            "INSERT INTO failures (user, at) VALUES (?1, ?2)",
+            params![user, now as i64],
+        )?;
         let count: i64 = tx.query_row(
             "SELECT count(*) FROM failures WHERE user = ?1 AND at > ?2",
             params![user, since],
@@ -270,7 +299,8 @@ impl Store for SqliteStore {
     }
 
     fn clear_failures(&self, user: &str) -> StoreResult<()> {
-        self.lock()?.execute("DELETE FROM failures WHERE user = ?1", [user])?;
+        self.lock()?
+            .execute("DELETE FROM failures WHERE user = ?1", [user])?;
         Ok(())
     }
 
@@ -294,8 +324,8 @@ mod tests {
     use std::sync::Arc;
 
     pub(crate) fn temp_state(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir()
-            .join(format!("smartsignd-store-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("smartsignd-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -325,7 +355,16 @@ mod tests {
         db.pragma_update(None, "user_version", 99).unwrap();
         drop(db);
         let err = SqliteStore::open(&dir).err().unwrap();
-        assert!(matches!(err, StoreError::NewerSchema { found: 99, known: 1 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::NewerSchema {
+                    found: 99,
+                    known: 1
+                }
+            ),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -333,8 +372,11 @@ mod tests {
     fn a_damaged_file_is_an_error_not_a_panic() {
         let dir = temp_state("damaged");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(SqliteStore::FILE), b"this is not a database, just junk bytes")
-            .unwrap();
+        std::fs::write(
+            dir.join(SqliteStore::FILE),
+            b"this is not a database, just junk bytes",
+        )
+        .unwrap();
         assert!(SqliteStore::open(&dir).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -343,8 +385,12 @@ mod tests {
     fn pending_then_confirmed() {
         let dir = temp_state("phones");
         let store = SqliteStore::open(&dir).unwrap();
-        store.put_pending_phone("alice", "Pixel", "AAAA", 10).unwrap();
-        store.put_pending_phone("alice", "Pixel", "BBBB", 11).unwrap();
+        store
+            .put_pending_phone("alice", "Pixel", "AAAA", 10)
+            .unwrap();
+        store
+            .put_pending_phone("alice", "Pixel", "BBBB", 11)
+            .unwrap();
         let phones = store.phones("alice").unwrap();
         assert_eq!(phones.len(), 1);
         assert_eq!(*phones[0].secret, "BBBB");
@@ -367,10 +413,15 @@ mod tests {
     fn a_step_is_claimed_once_even_under_a_race() {
         let dir = temp_state("race");
         let store = Arc::new(SqliteStore::open(&dir).unwrap());
-        store.put_pending_phone("alice", "Pixel", "AAAA", 1).unwrap();
+        store
+            .put_pending_phone("alice", "Pixel", "AAAA", 1)
+            .unwrap();
         let id = store.phones("alice").unwrap()[0].id;
         store.confirm_phone(id, 100).unwrap();
-        assert!(!store.claim_step(id, 100, 2).unwrap(), "the confirming step is used");
+        assert!(
+            !store.claim_step(id, 100, 2).unwrap(),
+            "the confirming step is used"
+        );
 
         let winners: usize = (0..8)
             .map(|_| {
@@ -382,7 +433,10 @@ mod tests {
             .map(|t| usize::from(t.join().unwrap()))
             .sum();
         assert_eq!(winners, 1);
-        assert!(!store.claim_step(id, 100, 4).unwrap(), "an older step stays refused");
+        assert!(
+            !store.claim_step(id, 100, 4).unwrap(),
+            "an older step stays refused"
+        );
         assert_eq!(store.phones("alice").unwrap()[0].last_used, Some(3));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -392,12 +446,24 @@ mod tests {
         let dir = temp_state("lockout");
         let store = SqliteStore::open(&dir).unwrap();
         let window = Duration::from_secs(60);
-        assert_eq!(store.record_failure("alice", 1000, window, 3).unwrap(), None);
+        assert_eq!(
+            store.record_failure("alice", 1000, window, 3).unwrap(),
+            None
+        );
         // A failure that has left the window no longer counts.
-        assert_eq!(store.record_failure("alice", 1061, window, 3).unwrap(), None);
-        assert_eq!(store.record_failure("alice", 1062, window, 3).unwrap(), None);
+        assert_eq!(
+            store.record_failure("alice", 1061, window, 3).unwrap(),
+            None
+        );
+        assert_eq!(
+            store.record_failure("alice", 1062, window, 3).unwrap(),
+            None
+        );
         assert_eq!(store.recent_failures("alice", 1062, window).unwrap(), 2);
-        assert_eq!(store.record_failure("alice", 1063, window, 3).unwrap(), Some(1123));
+        assert_eq!(
+            store.record_failure("alice", 1063, window, 3).unwrap(),
+            Some(1123)
+        );
         assert_eq!(store.locked_until("alice", 1100).unwrap(), Some(1123));
         assert_eq!(store.locked_until("alice", 1123).unwrap(), None);
         assert_eq!(store.locked_until("bob", 1100).unwrap(), None);

@@ -64,7 +64,9 @@ fn totp(secret_b32: &str, account: &str) -> Option<Totp> {
         .with_skew(0)
         .with_secret(secret);
     if !account.is_empty() {
-        builder = builder.with_issuer(Some("SmartSign")).with_account_name(account);
+        builder = builder
+            .with_issuer(Some("SmartSign"))
+            .with_account_name(account);
     }
     builder.build().ok()
 }
@@ -97,7 +99,11 @@ mod tests {
             assert_eq!(totp8.generate(time).to_string(), eight, "t={time}");
             // Six digits are the last six of eight (both are the value mod 10^n).
             let six = &eight[2..];
-            assert_eq!(check(RFC_SECRET, six, time, 0, 0), CodeMatch::Fresh(time / 30), "t={time}");
+            assert_eq!(
+                check(RFC_SECRET, six, time, 0, 0),
+                CodeMatch::Fresh(time / 30),
+                "t={time}"
+            );
         }
     }
 
@@ -106,36 +112,71 @@ mod tests {
         let (time, six) = (1_111_111_109, "081804");
         let step = time / 30;
         // One step of skew accepts the code from the next or previous step.
-        assert_eq!(check(RFC_SECRET, six, time + 30, 1, 0), CodeMatch::Fresh(step));
-        assert_eq!(check(RFC_SECRET, six, time - 30, 1, 0), CodeMatch::Fresh(step));
+        assert_eq!(
+            check(RFC_SECRET, six, time + 30, 1, 0),
+            CodeMatch::Fresh(step)
+        );
+        assert_eq!(
+            check(RFC_SECRET, six, time - 30, 1, 0),
+            CodeMatch::Fresh(step)
+        );
         assert_eq!(check(RFC_SECRET, six, time + 60, 1, 0), CodeMatch::NoMatch);
         assert_eq!(check(RFC_SECRET, six, time + 30, 0, 0), CodeMatch::NoMatch);
         // Once its step is used, the code and every older one are refused.
         assert_eq!(check(RFC_SECRET, six, time, 1, step), CodeMatch::Used);
         assert_eq!(check(RFC_SECRET, six, time, 1, step + 1), CodeMatch::Used);
-        assert_eq!(check(RFC_SECRET, six, time, 1, step - 1), CodeMatch::Fresh(step));
+        assert_eq!(
+            check(RFC_SECRET, six, time, 1, step - 1),
+            CodeMatch::Fresh(step)
+        );
     }
 
     #[test]
     fn malformed_codes_never_match() {
-        for code in ["", "08180", "0818044", "+81804", " 81804", "08l804", "０８１８０４", "081804\0"] {
-            assert_eq!(check(RFC_SECRET, code, 1_111_111_109, 1, 0), CodeMatch::NoMatch, "{code:?}");
+        for code in [
+            "",
+            "08180",
+            "0818044",
+            "+81804",
+            " 81804",
+            "08l804",
+            "０８１８０４",
+            "081804\0",
+        ] {
+            assert_eq!(
+                check(RFC_SECRET, code, 1_111_111_109, 1, 0),
+                CodeMatch::NoMatch,
+                "{code:?}"
+            );
         }
-        assert_eq!(check("not base32!", "081804", 1_111_111_109, 1, 0), CodeMatch::NoMatch);
+        assert_eq!(
+            check("not base32!", "081804", 1_111_111_109, 1, 0),
+            CodeMatch::NoMatch
+        );
     }
 
     #[test]
     fn new_secrets_are_160_bits_and_distinct() {
         let a = generate_secret().unwrap();
         let b = generate_secret().unwrap();
-        assert_eq!(Secret::try_from_base32(a.as_str()).unwrap().as_bytes().len(), 20);
+        assert_eq!(
+            Secret::try_from_base32(a.as_str())
+                .unwrap()
+                .as_bytes()
+                .len(),
+            20
+        );
         assert_ne!(*a, *b);
     }
 
     #[test]
     fn uri_for_apps() {
         let uri = otpauth_uri(RFC_SECRET, "alice@web-3").unwrap();
-        assert!(uri.starts_with("otpauth://totp/SmartSign:alice%40web-3?"), "{}", *uri);
+        assert!(
+            uri.starts_with("otpauth://totp/SmartSign:alice%40web-3?"),
+            "{}",
+            *uri
+        );
         assert!(uri.contains("secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"));
         assert!(uri.contains("issuer=SmartSign"));
     }

@@ -56,12 +56,17 @@ enum PhoneCommand {
         json: bool,
     },
     /// Confirm a pending phone with the code its app shows now.
-    Confirm { name: String, code: String },
+    Confirm {
+        name: String,
+        code: String,
+    },
     List {
         #[arg(long)]
         json: bool,
     },
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -99,12 +104,17 @@ const CONFIRM_TRIES: usize = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = Client::new(&cli.socket, Duration::from_secs(10));
-    let app = App { client, user: cli.user };
+    let app = App {
+        client,
+        user: cli.user,
+    };
     let outcome = match cli.command {
         Command::Status { json } => app.status(json),
         Command::Phone(PhoneCommand::Add { name, json: true }) => app.add_json(name),
         Command::Phone(PhoneCommand::Add { name, json: false }) => app.add_interactive(name),
-        Command::Phone(PhoneCommand::Confirm { name, code }) => app.confirm(name, code.as_str().into()),
+        Command::Phone(PhoneCommand::Confirm { name, code }) => {
+            app.confirm(name, code.as_str().into())
+        }
         Command::Phone(PhoneCommand::List { json }) => app.list(json),
         Command::Phone(PhoneCommand::Remove { name }) => app.remove(name),
     };
@@ -132,7 +142,9 @@ impl App {
     }
 
     fn status(&self, json: bool) -> Outcome {
-        let status = match self.call(Request::Status { user: self.user.clone() })? {
+        let status = match self.call(Request::Status {
+            user: self.user.clone(),
+        })? {
             Response::Status(status) => status,
             other => return Err(unexpected(&other)),
         };
@@ -144,7 +156,10 @@ impl App {
     }
 
     fn add(&self, name: String) -> Result<NewPhone, Failure> {
-        match self.call(Request::PhoneAdd { user: self.user.clone(), name })? {
+        match self.call(Request::PhoneAdd {
+            user: self.user.clone(),
+            name,
+        })? {
             Response::PhoneCreated(phone) => Ok(phone),
             other => Err(unexpected(&other)),
         }
@@ -170,7 +185,10 @@ impl App {
             ),
             Err(err) => println!("(no QR code: {err})"),
         }
-        println!("\nOr type this secret into the app: {}", grouped(phone.secret.expose()));
+        println!(
+            "\nOr type this secret into the app: {}",
+            grouped(phone.secret.expose())
+        );
         println!("otpauth URI: {uri}\n");
 
         let stdin = std::io::stdin();
@@ -198,7 +216,11 @@ impl App {
     }
 
     fn confirm(&self, name: String, code: Secret) -> Outcome {
-        let request = Request::PhoneConfirm { user: self.user.clone(), name: name.clone(), code };
+        let request = Request::PhoneConfirm {
+            user: self.user.clone(),
+            name: name.clone(),
+            code,
+        };
         match self.call(request)? {
             Response::Done => {
                 println!("Phone {name:?} is enrolled: its codes now work at login.");
@@ -209,7 +231,9 @@ impl App {
     }
 
     fn list(&self, json: bool) -> Outcome {
-        let phones = match self.call(Request::PhoneList { user: self.user.clone() })? {
+        let phones = match self.call(Request::PhoneList {
+            user: self.user.clone(),
+        })? {
             Response::Phones { phones } => phones,
             other => return Err(unexpected(&other)),
         };
@@ -226,7 +250,10 @@ impl App {
     }
 
     fn remove(&self, name: String) -> Outcome {
-        match self.call(Request::PhoneRemove { user: self.user.clone(), name: name.clone() })? {
+        match self.call(Request::PhoneRemove {
+            user: self.user.clone(),
+            name: name.clone(),
+        })? {
             Response::Done => {
                 println!("Phone {name:?} removed.");
                 Ok(())
@@ -276,8 +303,15 @@ fn describe_phone(phone: &PhoneInfo) -> String {
             phone.name, phone.name
         );
     }
-    let used = phone.last_used.map_or_else(|| "never used".to_owned(), |t| format!("last used {}", when(t)));
-    format!("{:<20} enrolled {}, {used}", phone.name, when(phone.created))
+    let used = phone.last_used.map_or_else(
+        || "never used".to_owned(),
+        |t| format!("last used {}", when(t)),
+    );
+    format!(
+        "{:<20} enrolled {}, {used}",
+        phone.name,
+        when(phone.created)
+    )
 }
 
 fn when(unix: u64) -> String {
@@ -287,7 +321,11 @@ fn when(unix: u64) -> String {
 /// `JBSWY3DPEHPK3PXP` as `JBSW Y3DP EHPK 3PXP`, easier to type.
 fn grouped(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
-    chars.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join(" ")
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn print_json<T: Serialize>(value: &T) -> Outcome {
@@ -298,5 +336,8 @@ fn print_json<T: Serialize>(value: &T) -> Outcome {
 }
 
 fn unexpected(response: &Response) -> Failure {
-    Failure(Exit::Failed, format!("unexpected answer from smartsignd: {response:?}"))
+    Failure(
+        Exit::Failed,
+        format!("unexpected answer from smartsignd: {response:?}"),
+    )
 }

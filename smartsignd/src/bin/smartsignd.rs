@@ -36,7 +36,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!("# {}: configuration OK; effective settings:", cli.config.display());
+        println!(
+            "# {}: configuration OK; effective settings:",
+            cli.config.display()
+        );
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
@@ -48,7 +51,10 @@ fn main() -> ExitCode {
     let store = match SqliteStore::open(&config.state_dir) {
         Ok(store) => store,
         Err(err) => {
-            eprintln!("smartsignd: cannot open the store in {}: {err}", config.state_dir.display());
+            eprintln!(
+                "smartsignd: cannot open the store in {}: {err}",
+                config.state_dir.display()
+            );
             return ExitCode::FAILURE;
         }
     };

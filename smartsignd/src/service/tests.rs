@@ -20,7 +20,10 @@ impl Accounts for Users {
         self.0.get(user).copied()
     }
     fn name_of(&self, uid: u32) -> Option<String> {
-        self.0.iter().find(|(_, u)| **u == uid).map(|(n, _)| (*n).to_owned())
+        self.0
+            .iter()
+            .find(|(_, u)| **u == uid)
+            .map(|(n, _)| (*n).to_owned())
     }
 }
 
@@ -47,7 +50,8 @@ impl Drop for Fixture {
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("smartsignd-svc-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("smartsignd-svc-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = Config::default();
         config.lockout.max_failures = 3;
@@ -59,11 +63,20 @@ impl Fixture {
             config,
             store: Box::new(SqliteStore::open(&dir).unwrap()),
             audit: Box::new(SharedAudit(Arc::clone(&audit))),
-            accounts: Box::new(Users(HashMap::from([("root", 0), ("alice", ALICE), ("bob", BOB)]))),
+            accounts: Box::new(Users(HashMap::from([
+                ("root", 0),
+                ("alice", ALICE),
+                ("bob", BOB),
+            ]))),
             clock: Box::new(move || clock_now.load(Ordering::SeqCst)),
             hostname: "web-3".into(),
         };
-        Fixture { service: Arc::new(service), now, audit, dir }
+        Fixture {
+            service: Arc::new(service),
+            now,
+            audit,
+            dir,
+        }
     }
 
     fn advance(&self, secs: u64) {
@@ -86,22 +99,37 @@ impl Fixture {
     fn enroll(&self, user: &str, name: &str) -> String {
         let created = self.service.handle(
             0,
-            Request::PhoneAdd { user: Some(user.into()), name: name.into() },
+            Request::PhoneAdd {
+                user: Some(user.into()),
+                name: name.into(),
+            },
         );
-        let Response::PhoneCreated(phone) = created else { panic!("{created:?}") };
+        let Response::PhoneCreated(phone) = created else {
+            panic!("{created:?}")
+        };
         let secret = phone.secret.expose().to_owned();
         // Confirm with the previous step's code so that the current one stays usable.
         let code = code_at(&secret, self.time() - 30);
         let confirmed = self.service.handle(
             0,
-            Request::PhoneConfirm { user: Some(user.into()), name: name.into(), code: code.as_str().into() },
+            Request::PhoneConfirm {
+                user: Some(user.into()),
+                name: name.into(),
+                code: code.as_str().into(),
+            },
         );
         assert_eq!(confirmed, Response::Done);
         secret
     }
 
     fn verify(&self, user: &str, code: &str) -> Response {
-        self.service.handle(0, Request::VerifyCode { login: login(user), code: code.into() })
+        self.service.handle(
+            0,
+            Request::VerifyCode {
+                login: login(user),
+                code: code.into(),
+            },
+        )
     }
 }
 
@@ -127,15 +155,37 @@ fn code_at(secret: &str, time: u64) -> String {
 #[test]
 fn unenrolled_users_are_left_to_the_stack_and_audited() {
     let f = Fixture::new("unenrolled");
-    assert_eq!(f.service.handle(0, Request::Begin { login: login("alice") }), Response::NotEnrolled);
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::NotEnrolled
+    );
     assert_eq!(
         f.last_line(),
         "user=alice service=sshd rhost=192.0.2.7 tty=ssh method=none phone=- result=ignore \
          reason=\"not enrolled\""
     );
     // A pending phone does not count.
-    f.service.handle(ALICE, Request::PhoneAdd { user: None, name: "Pixel".into() });
-    assert_eq!(f.service.handle(0, Request::Begin { login: login("alice") }), Response::NotEnrolled);
+    f.service.handle(
+        ALICE,
+        Request::PhoneAdd {
+            user: None,
+            name: "Pixel".into(),
+        },
+    );
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::NotEnrolled
+    );
 }
 
 #[test]
@@ -143,23 +193,57 @@ fn right_code_once_then_replay_refused() {
     let f = Fixture::new("replay");
     let secret = f.enroll("alice", "Pixel 8");
     assert_eq!(
-        f.service.handle(0, Request::Begin { login: login("alice") }),
-        Response::Challenge { phones: vec!["Pixel 8".into()] }
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Challenge {
+            phones: vec!["Pixel 8".into()]
+        }
     );
     let code = code_at(&secret, f.time());
-    assert_eq!(f.verify("alice", &code), Response::Allow { phone: "Pixel 8".into() });
-    assert!(f.last_line().contains("method=app-code phone=\"Pixel 8\" result=allow"));
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Allow {
+            phone: "Pixel 8".into()
+        }
+    );
+    assert!(
+        f.last_line()
+            .contains("method=app-code phone=\"Pixel 8\" result=allow")
+    );
 
-    assert_eq!(f.verify("alice", &code), Response::Deny { reason: DenyReason::ReusedCode });
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Deny {
+            reason: DenyReason::ReusedCode
+        }
+    );
     assert!(f.last_line().contains("reason=\"code already used\""));
     // The previous step's code is older than the one used: refused too.
     let older = code_at(&secret, f.time() - 30);
-    assert_eq!(f.verify("alice", &older), Response::Deny { reason: DenyReason::ReusedCode });
+    assert_eq!(
+        f.verify("alice", &older),
+        Response::Deny {
+            reason: DenyReason::ReusedCode
+        }
+    );
     // The next step's code is still good, once.
     f.advance(30);
     let next = code_at(&secret, f.time());
-    assert_eq!(f.verify("alice", &next), Response::Allow { phone: "Pixel 8".into() });
-    assert!(f.lines().iter().all(|l| !l.contains(&code) && !l.contains(&next) && !l.contains(&secret)));
+    assert_eq!(
+        f.verify("alice", &next),
+        Response::Allow {
+            phone: "Pixel 8".into()
+        }
+    );
+    assert!(
+        f.lines()
+            .iter()
+            .all(|l| !l.contains(&code) && !l.contains(&next) && !l.contains(&secret))
+    );
 }
 
 #[test]
@@ -168,38 +252,90 @@ fn spaces_in_a_code_are_forgiven() {
     let secret = f.enroll("alice", "Pixel");
     let code = code_at(&secret, f.time());
     let spaced = format!("{} {}", &code[..3], &code[3..]);
-    assert_eq!(f.verify("alice", &spaced), Response::Allow { phone: "Pixel".into() });
+    assert_eq!(
+        f.verify("alice", &spaced),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
 }
 
 #[test]
 fn malformed_codes_are_refused_and_counted() {
     let f = Fixture::new("malformed");
     f.enroll("alice", "Pixel");
-    for code in ["", "12345", "1234567", "12345a", "123\u{0}456", &"9".repeat(300)] {
+    for code in [
+        "",
+        "12345",
+        "1234567",
+        "12345a",
+        "123\u{0}456",
+        &"9".repeat(300),
+    ] {
         let answer = f.verify("alice", code);
         assert!(
-            matches!(answer, Response::Deny { reason: DenyReason::MalformedCode } | Response::LockedOut { .. }),
+            matches!(
+                answer,
+                Response::Deny {
+                    reason: DenyReason::MalformedCode
+                } | Response::LockedOut { .. }
+            ),
             "{code:?}: {answer:?}"
         );
     }
-    assert!(f.lines().iter().any(|l| l.contains("reason=\"not a 6-digit code\"")));
-    assert!(f.lines().iter().any(|l| l.contains("locked out after 3 failures")));
+    assert!(
+        f.lines()
+            .iter()
+            .any(|l| l.contains("reason=\"not a 6-digit code\""))
+    );
+    assert!(
+        f.lines()
+            .iter()
+            .any(|l| l.contains("locked out after 3 failures"))
+    );
 }
 
 #[test]
 fn lockout_refuses_even_the_right_code_until_the_window_passes() {
     let f = Fixture::new("lockout");
     let secret = f.enroll("alice", "Pixel");
-    assert_eq!(f.verify("alice", "000000"), Response::Deny { reason: DenyReason::WrongCode });
-    assert_eq!(f.verify("alice", "000001"), Response::Deny { reason: DenyReason::WrongCode });
+    assert_eq!(
+        f.verify("alice", "000000"),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+    assert_eq!(
+        f.verify("alice", "000001"),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
     let locked = f.verify("alice", "000002");
-    assert_eq!(locked, Response::LockedOut { until: f.time() + 60 });
+    assert_eq!(
+        locked,
+        Response::LockedOut {
+            until: f.time() + 60
+        }
+    );
 
     let right = code_at(&secret, f.time());
-    assert_eq!(f.verify("alice", &right), Response::LockedOut { until: f.time() + 60 });
     assert_eq!(
-        f.service.handle(0, Request::Begin { login: login("alice") }),
-        Response::LockedOut { until: f.time() + 60 }
+        f.verify("alice", &right),
+        Response::LockedOut {
+            until: f.time() + 60
+        }
+    );
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::LockedOut {
+            until: f.time() + 60
+        }
     );
     assert!(f.last_line().contains("result=deny reason=\"locked out\""));
     let Response::Status(status) = f.service.handle(ALICE, Request::Status { user: None }) else {
@@ -209,11 +345,21 @@ fn lockout_refuses_even_the_right_code_until_the_window_passes() {
 
     // Bob is not affected.
     let bob = f.enroll("bob", "Pixel");
-    assert_eq!(f.verify("bob", &code_at(&bob, f.time())), Response::Allow { phone: "Pixel".into() });
+    assert_eq!(
+        f.verify("bob", &code_at(&bob, f.time())),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
 
     f.advance(60);
     let right = code_at(&secret, f.time());
-    assert_eq!(f.verify("alice", &right), Response::Allow { phone: "Pixel".into() });
+    assert_eq!(
+        f.verify("alice", &right),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
 }
 
 #[test]
@@ -222,8 +368,18 @@ fn success_clears_earlier_failures() {
     let secret = f.enroll("alice", "Pixel");
     f.verify("alice", "000000");
     f.verify("alice", "000001");
-    assert_eq!(f.verify("alice", &code_at(&secret, f.time())), Response::Allow { phone: "Pixel".into() });
-    assert_eq!(f.verify("alice", "000002"), Response::Deny { reason: DenyReason::WrongCode });
+    assert_eq!(
+        f.verify("alice", &code_at(&secret, f.time())),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+    assert_eq!(
+        f.verify("alice", "000002"),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
 }
 
 #[test]
@@ -232,7 +388,12 @@ fn any_of_several_phones_and_the_log_names_it() {
     let _first = f.enroll("alice", "Pixel 8");
     let second = f.enroll("alice", "work iPhone");
     let code = code_at(&second, f.time());
-    assert_eq!(f.verify("alice", &code), Response::Allow { phone: "work iPhone".into() });
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Allow {
+            phone: "work iPhone".into()
+        }
+    );
     assert!(f.last_line().contains("phone=\"work iPhone\" result=allow"));
 }
 
@@ -246,12 +407,21 @@ fn racing_logins_with_one_code_let_one_in() {
             let service = Arc::clone(&f.service);
             let code = code.clone();
             std::thread::spawn(move || {
-                service.handle(0, Request::VerifyCode { login: login("alice"), code: code.as_str().into() })
+                service.handle(
+                    0,
+                    Request::VerifyCode {
+                        login: login("alice"),
+                        code: code.as_str().into(),
+                    },
+                )
             })
         })
         .collect();
     let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let allowed = answers.iter().filter(|a| matches!(a, Response::Allow { .. })).count();
+    let allowed = answers
+        .iter()
+        .filter(|a| matches!(a, Response::Allow { .. }))
+        .count();
     assert_eq!(allowed, 1, "{answers:?}");
 }
 
@@ -259,43 +429,122 @@ fn racing_logins_with_one_code_let_one_in() {
 fn users_act_only_on_themselves() {
     let f = Fixture::new("authz");
     f.enroll("bob", "Pixel");
-    let refused = f.service.handle(ALICE, Request::PhoneList { user: Some("bob".into()) });
-    assert!(matches!(refused, Response::Error { kind: ErrorKind::Refused, .. }), "{refused:?}");
+    let refused = f.service.handle(
+        ALICE,
+        Request::PhoneList {
+            user: Some("bob".into()),
+        },
+    );
+    assert!(
+        matches!(
+            refused,
+            Response::Error {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
     assert!(f.last_line().contains("user=bob service=smartsign"));
     assert!(f.last_line().contains("result=refused"));
     assert!(f.last_line().contains("uid=1000"));
 
     for request in [
-        Request::Begin { login: login("bob") },
-        Request::VerifyCode { login: login("bob"), code: "123456".into() },
-        Request::PhoneAdd { user: Some("bob".into()), name: "evil".into() },
-        Request::PhoneRemove { user: Some("bob".into()), name: "Pixel".into() },
-        Request::Status { user: Some("root".into()) },
-        Request::PhoneList { user: Some("nobody-here".into()) },
+        Request::Begin {
+            login: login("bob"),
+        },
+        Request::VerifyCode {
+            login: login("bob"),
+            code: "123456".into(),
+        },
+        Request::PhoneAdd {
+            user: Some("bob".into()),
+            name: "evil".into(),
+        },
+        Request::PhoneRemove {
+            user: Some("bob".into()),
+            name: "Pixel".into(),
+        },
+        Request::Status {
+            user: Some("root".into()),
+        },
+        Request::PhoneList {
+            user: Some("nobody-here".into()),
+        },
     ] {
         let answer = f.service.handle(ALICE, request.clone());
-        assert!(matches!(answer, Response::Error { kind: ErrorKind::Refused, .. }), "{request}: {answer:?}");
+        assert!(
+            matches!(
+                answer,
+                Response::Error {
+                    kind: ErrorKind::Refused,
+                    ..
+                }
+            ),
+            "{request}: {answer:?}"
+        );
     }
     // Nothing of bob's changed.
-    let Response::Phones { phones } = f.service.handle(BOB, Request::PhoneList { user: None }) else {
+    let Response::Phones { phones } = f.service.handle(BOB, Request::PhoneList { user: None })
+    else {
         panic!()
     };
     assert_eq!(phones.len(), 1);
     // Alice on herself, by name or implicitly, is fine.
-    assert!(matches!(f.service.handle(ALICE, Request::Status { user: Some("alice".into()) }), Response::Status(_)));
-    assert!(matches!(f.service.handle(ALICE, Request::Status { user: None }), Response::Status(_)));
+    assert!(matches!(
+        f.service.handle(
+            ALICE,
+            Request::Status {
+                user: Some("alice".into())
+            }
+        ),
+        Response::Status(_)
+    ));
+    assert!(matches!(
+        f.service.handle(ALICE, Request::Status { user: None }),
+        Response::Status(_)
+    ));
     // A uid with no account gets a clear error.
     let answer = f.service.handle(4242, Request::Status { user: None });
-    assert!(matches!(answer, Response::Error { kind: ErrorKind::NotFound, .. }));
+    assert!(matches!(
+        answer,
+        Response::Error {
+            kind: ErrorKind::NotFound,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn root_manages_existing_accounts_only() {
     let f = Fixture::new("root");
-    let answer = f.service.handle(0, Request::PhoneAdd { user: Some("ghost".into()), name: "P".into() });
-    assert!(matches!(answer, Response::Error { kind: ErrorKind::NotFound, .. }), "{answer:?}");
+    let answer = f.service.handle(
+        0,
+        Request::PhoneAdd {
+            user: Some("ghost".into()),
+            name: "P".into(),
+        },
+    );
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
     // A login for an unknown account simply has nothing enrolled.
-    assert_eq!(f.service.handle(0, Request::Begin { login: login("ghost") }), Response::NotEnrolled);
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("ghost")
+            }
+        ),
+        Response::NotEnrolled
+    );
 }
 
 #[test]
@@ -303,52 +552,153 @@ fn hostile_names_are_refused() {
     let f = Fixture::new("names");
     for user in ["../../etc/passwd", "a\nb", "", "a\0b", "-x"] {
         let answer = f.service.handle(0, Request::Begin { login: login(user) });
-        assert!(matches!(answer, Response::Error { kind: ErrorKind::BadRequest, .. }), "{user:?}");
+        assert!(
+            matches!(
+                answer,
+                Response::Error {
+                    kind: ErrorKind::BadRequest,
+                    ..
+                }
+            ),
+            "{user:?}"
+        );
     }
     for name in ["", "a\nb", &"p".repeat(65)] {
-        let answer = f.service.handle(ALICE, Request::PhoneAdd { user: None, name: name.into() });
-        assert!(matches!(answer, Response::Error { kind: ErrorKind::BadRequest, .. }), "{name:?}");
+        let answer = f.service.handle(
+            ALICE,
+            Request::PhoneAdd {
+                user: None,
+                name: name.into(),
+            },
+        );
+        assert!(
+            matches!(
+                answer,
+                Response::Error {
+                    kind: ErrorKind::BadRequest,
+                    ..
+                }
+            ),
+            "{name:?}"
+        );
     }
     let mut long = login("alice");
     long.rhost = Some("h".repeat(5000));
     let answer = f.service.handle(0, Request::Begin { login: long });
-    assert!(matches!(answer, Response::Error { kind: ErrorKind::BadRequest, .. }));
+    assert!(matches!(
+        answer,
+        Response::Error {
+            kind: ErrorKind::BadRequest,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn enrollment_rules() {
     let f = Fixture::new("enroll");
-    let Response::PhoneCreated(phone) =
-        f.service.handle(ALICE, Request::PhoneAdd { user: None, name: "Pixel".into() })
-    else {
+    let Response::PhoneCreated(phone) = f.service.handle(
+        ALICE,
+        Request::PhoneAdd {
+            user: None,
+            name: "Pixel".into(),
+        },
+    ) else {
         panic!()
     };
-    assert!(phone.otpauth_uri.expose().starts_with("otpauth://totp/SmartSign:alice%40web-3?"));
+    assert!(
+        phone
+            .otpauth_uri
+            .expose()
+            .starts_with("otpauth://totp/SmartSign:alice%40web-3?")
+    );
     assert!(!f.lines().iter().any(|l| l.contains(phone.secret.expose())));
 
     let wrong = f.service.handle(
         ALICE,
-        Request::PhoneConfirm { user: None, name: "Pixel".into(), code: "000000".into() },
+        Request::PhoneConfirm {
+            user: None,
+            name: "Pixel".into(),
+            code: "000000".into(),
+        },
     );
-    assert!(matches!(wrong, Response::Error { kind: ErrorKind::WrongCode, .. }));
+    assert!(matches!(
+        wrong,
+        Response::Error {
+            kind: ErrorKind::WrongCode,
+            ..
+        }
+    ));
     let missing = f.service.handle(
         ALICE,
-        Request::PhoneConfirm { user: None, name: "Nokia".into(), code: "000000".into() },
+        Request::PhoneConfirm {
+            user: None,
+            name: "Nokia".into(),
+            code: "000000".into(),
+        },
     );
-    assert!(matches!(missing, Response::Error { kind: ErrorKind::NotFound, .. }));
+    assert!(matches!(
+        missing,
+        Response::Error {
+            kind: ErrorKind::NotFound,
+            ..
+        }
+    ));
 
     let code = code_at(phone.secret.expose(), f.time());
     let ok = f.service.handle(
         ALICE,
-        Request::PhoneConfirm { user: None, name: "Pixel".into(), code: code.as_str().into() },
+        Request::PhoneConfirm {
+            user: None,
+            name: "Pixel".into(),
+            code: code.as_str().into(),
+        },
     );
     assert_eq!(ok, Response::Done);
     // The code that confirmed the phone cannot then log in.
-    assert_eq!(f.verify("alice", &code), Response::Deny { reason: DenyReason::ReusedCode });
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Deny {
+            reason: DenyReason::ReusedCode
+        }
+    );
 
-    let again = f.service.handle(ALICE, Request::PhoneAdd { user: None, name: "Pixel".into() });
-    assert!(matches!(again, Response::Error { kind: ErrorKind::AlreadyExists, .. }));
-    assert_eq!(f.service.handle(ALICE, Request::PhoneRemove { user: None, name: "Pixel".into() }), Response::Done);
-    let gone = f.service.handle(ALICE, Request::PhoneRemove { user: None, name: "Pixel".into() });
-    assert!(matches!(gone, Response::Error { kind: ErrorKind::NotFound, .. }));
+    let again = f.service.handle(
+        ALICE,
+        Request::PhoneAdd {
+            user: None,
+            name: "Pixel".into(),
+        },
+    );
+    assert!(matches!(
+        again,
+        Response::Error {
+            kind: ErrorKind::AlreadyExists,
+            ..
+        }
+    ));
+    assert_eq!(
+        f.service.handle(
+            ALICE,
+            Request::PhoneRemove {
+                user: None,
+                name: "Pixel".into()
+            }
+        ),
+        Response::Done
+    );
+    let gone = f.service.handle(
+        ALICE,
+        Request::PhoneRemove {
+            user: None,
+            name: "Pixel".into(),
+        },
+    );
+    assert!(matches!(
+        gone,
+        Response::Error {
+            kind: ErrorKind::NotFound,
+            ..
+        }
+    ));
 }

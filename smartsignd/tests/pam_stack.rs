@@ -1,0 +1,221 @@
+//! The module in PAM stacks other than sshd's, driven by pamtester under
+//! pam_wrapper: a sudo-like stack run by root, and a screen locker run by
+//! the user themself. Needs root for the test users (see tests/common).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+const MATRIX: &str = "/usr/lib/x86_64-linux-gnu/pam_wrapper/pam_matrix.so";
+
+struct Stack {
+    services: std::path::PathBuf,
+    passdb: std::path::PathBuf,
+}
+
+fn stack(dir: &TempDir, daemon: &Daemon, module_args: &str) -> Stack {
+    let services = dir.join("pam.d");
+    std::fs::create_dir_all(&services).unwrap();
+    let passdb = dir.join("passdb");
+    let module = module_path();
+    std::fs::write(
+        services.join("smartsign-test"),
+        format!(
+            "auth required {MATRIX} passdb={}\n\
+             auth required {} socket={} {module_args}\n",
+            passdb.display(),
+            module.display(),
+            daemon.socket.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        services.join("other"),
+        "auth required pam_deny.so\naccount required pam_deny.so\n",
+    )
+    .unwrap();
+    Stack { services, passdb }
+}
+
+/// Runs `pamtester smartsign-test USER authenticate`, answering prompts
+/// from `answers`, as `uid` (root when `None`).
+fn pamtester(
+    dir: &TempDir,
+    stack: &Stack,
+    user: &str,
+    answers: &[&str],
+    uid: Option<u32>,
+) -> Output {
+    let tmp = dir.join("pw-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let mut command = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &uid.to_string(),
+                "--clear-groups",
+                "pamtester",
+            ]);
+            c
+        }
+        None => Command::new("pamtester"),
+    };
+    let mut child = command
+        .args(["-v", "smartsign-test", user, "authenticate"])
+        .env("LD_PRELOAD", "libpam_wrapper.so")
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", &stack.services)
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for answer in answers {
+        writeln!(stdin, "{answer}").unwrap();
+    }
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn sudo_like_stack_run_by_root() {
+    require_root();
+    let dir = TempDir::new("pamstack");
+    let user = TestUser::new("sse2e-pam");
+    let daemon = Daemon::start(&dir, "");
+    let stack = stack(&dir, &daemon, "");
+    std::fs::write(
+        &stack.passdb,
+        format!("{}:secret:smartsign-test\n", user.name),
+    )
+    .unwrap();
+    let phone = daemon.enroll(&user.name, "Pixel");
+
+    let out = pamtester(
+        &dir,
+        &stack,
+        &user.name,
+        &["secret", &oathtool(&phone, "now")],
+        None,
+    );
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(
+        output(&out).contains("SmartSign code for sse2e-pam: "),
+        "{}",
+        output(&out)
+    );
+
+    let out = pamtester(&dir, &stack, &user.name, &["secret", "12345"], None);
+    assert!(!out.status.success());
+    assert!(
+        output(&out).contains("SmartSign: not a 6-digit code."),
+        "{}",
+        output(&out)
+    );
+
+    // An answer far longer than any code, and one with bytes that are not UTF-8.
+    let long = "7".repeat(5000);
+    let out = pamtester(&dir, &stack, &user.name, &["secret", &long], None);
+    assert!(!out.status.success(), "{}", output(&out));
+    assert!(daemon.audit().iter().all(|l| !l.contains(&long)));
+}
+
+#[test]
+fn hostile_user_names_are_refused_not_crashed() {
+    require_root();
+    let dir = TempDir::new("pamnames");
+    let daemon = Daemon::start(&dir, "");
+    let stack = stack(&dir, &daemon, "");
+    let names = ["../../etc/shadow", "-rf", "a b"];
+    let passdb: String = names
+        .iter()
+        .map(|n| format!("{n}:secret:smartsign-test\n"))
+        .collect();
+    std::fs::write(&stack.passdb, passdb).unwrap();
+    for name in names {
+        let out = pamtester(&dir, &stack, name, &["secret", "123456"], None);
+        assert!(!out.status.success(), "{name}: {}", output(&out));
+        assert!(
+            output(&out).contains("SmartSign is unavailable"),
+            "{name}: {}",
+            output(&out)
+        );
+    }
+    assert_eq!(
+        daemon
+            .audit()
+            .iter()
+            .filter(|l| l.contains("invalid user name"))
+            .count(),
+        names.len(),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A screen locker runs PAM as the logged-in user: the module's uid is the
+/// user's own, which the daemon allows for that user and no other.
+#[test]
+fn screen_locker_runs_as_the_user() {
+    require_root();
+    let dir = TempDir::new("locker");
+    let user = TestUser::new("sse2e-lock");
+    let other = TestUser::new("sse2e-lock2");
+    let daemon = Daemon::start(&dir, "");
+    let stack = stack(&dir, &daemon, "");
+    std::fs::write(
+        &stack.passdb,
+        format!(
+            "{}:secret:smartsign-test\n{}:secret:smartsign-test\n",
+            user.name, other.name
+        ),
+    )
+    .unwrap();
+    let phone = daemon.enroll(&user.name, "Pixel");
+    daemon.enroll(&other.name, "Pixel");
+
+    let code = oathtool(&phone, "now");
+    let out = pamtester(
+        &dir,
+        &stack,
+        &user.name,
+        &["secret", &code],
+        Some(user.uid()),
+    );
+    assert!(out.status.success(), "{}", output(&out));
+
+    // Unlocking someone else's session from this uid is refused outright.
+    let out = pamtester(
+        &dir,
+        &stack,
+        &other.name,
+        &["secret", "123456"],
+        Some(user.uid()),
+    );
+    assert!(!out.status.success(), "{}", output(&out));
+    assert!(
+        daemon
+            .audit()
+            .iter()
+            .any(|l| l.contains(&format!("user={}", other.name)) && l.contains("result=refused")),
+        "{}",
+        daemon.log()
+    );
+}
