@@ -282,6 +282,11 @@ mod tests {
         })
     }
 
+    /// A daemon that asks for a code, then answers it with `verdict`.
+    fn challenge_then(verdict: Response) -> ScriptedDaemon {
+        ScriptedDaemon::new(vec![("begin", challenge()), ("verify_code", Ok(verdict))])
+    }
+
     fn run(pam: &mut ScriptedPam, daemon: &ScriptedDaemon, args: &Args) -> Outcome {
         authenticate(pam, daemon, args, NOW)
     }
@@ -307,15 +312,9 @@ mod tests {
     #[test]
     fn wrong_code_is_auth_err_with_a_message() {
         let mut pam = ScriptedPam::alice(&["000000"]);
-        let daemon = ScriptedDaemon::new(vec![
-            ("begin", challenge()),
-            (
-                "verify_code",
-                Ok(Response::Deny {
-                    reason: DenyReason::WrongCode,
-                }),
-            ),
-        ]);
+        let daemon = challenge_then(Response::Deny {
+            reason: DenyReason::WrongCode,
+        });
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
         assert_eq!(pam.errors, ["SmartSign: wrong code."]);
     }
@@ -453,15 +452,9 @@ mod tests {
     fn control_characters_never_reach_the_prompt() {
         let mut pam = ScriptedPam::alice(&["123456"]);
         pam.user = Some("ali\x1b[2Jce\n".into());
-        let daemon = ScriptedDaemon::new(vec![
-            ("begin", challenge()),
-            (
-                "verify_code",
-                Ok(Response::Deny {
-                    reason: DenyReason::WrongCode,
-                }),
-            ),
-        ]);
+        let daemon = challenge_then(Response::Deny {
+            reason: DenyReason::WrongCode,
+        });
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
         assert_eq!(pam.prompts, ["SmartSign code for ali?[2Jce?: "]);
     }
