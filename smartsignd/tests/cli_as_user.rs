@@ -121,3 +121,65 @@ fn daemon_gone(dir: &TempDir) -> Daemon {
     daemon.stop();
     daemon
 }
+
+/// `smartsign phone add NAME` as a user types it: QR code and secret on the
+/// terminal, then the app's code at the prompt (one wrong try first).
+#[test]
+fn interactive_enrollment_shows_the_qr_code_and_asks_for_the_code() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    require_root();
+    let dir = TempDir::new("cli-tty");
+    let user = TestUser::new("sse2e-cli-t");
+    let daemon = Daemon::start(&dir, "");
+    let uid = user.uid().to_string();
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            SMARTSIGN,
+            "--socket",
+        ])
+        .arg(&daemon.socket)
+        .args(["phone", "add", "My phone"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+
+    let mut seen = String::new();
+    let secret = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "no secret shown:\n{seen}"
+        );
+        seen.push_str(&line);
+        if let Some(grouped) = line.strip_prefix("Or type this secret into the app: ") {
+            break grouped.split_whitespace().collect::<String>();
+        }
+    };
+    assert!(
+        seen.contains('█') || seen.contains('▀'),
+        "no QR code:\n{seen}"
+    );
+    writeln!(stdin, "000000").unwrap();
+    writeln!(stdin, "{}", oathtool(&secret, "now")).unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{seen}{rest}");
+    assert!(rest.contains("try again"), "{rest}");
+    assert!(rest.contains("Phone \"My phone\" is enrolled"), "{rest}");
+
+    let out = daemon.cli(&["--user", &user.name, "phone", "list", "--json"]);
+    let phones: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(phones[0]["confirmed"], true, "{phones}");
+}
