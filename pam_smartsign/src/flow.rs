@@ -1,6 +1,6 @@
 //! The login, step by step, against traits for the PAM handle and the daemon.
 
-use smartsign_proto::{Client, ClientError, LoginContext, Request, Response, Secret};
+use smartsign_proto::{Client, ClientError, ErrorKind, LoginContext, Request, Response, Secret};
 
 use crate::args::{Args, Failmode};
 use crate::outcome::Outcome;
@@ -72,7 +72,7 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
             return Outcome::Ignore;
         }
         Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
-        Ok(other) => return unavailable(pam, args, &describe(&other)),
+        Ok(other) => return odd_answer(pam, args, &other),
         Err(err) => return unavailable(pam, args, &err.to_string()),
     };
     if args.debug {
@@ -124,7 +124,7 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
             Outcome::AuthErr
         }
         Ok(Response::LockedOut { until }) => locked_out(pam, until, now),
-        Ok(other) => unavailable(pam, args, &describe(&other)),
+        Ok(other) => odd_answer(pam, args, &other),
         Err(err) => unavailable(pam, args, &err.to_string()),
     }
 }
@@ -165,10 +165,29 @@ fn unavailable(pam: &mut dyn Pam, args: &Args, why: &str) -> Outcome {
     }
 }
 
-fn describe(response: &Response) -> String {
+/// An answer other than the ones a login expects. A refusal of this
+/// request (not our account, a bad user name) is a denial whatever the fail
+/// mode: failmode=safe is for a daemon that cannot answer, not for one that
+/// said no. Anything else means SmartSign cannot decide.
+fn odd_answer(pam: &mut dyn Pam, args: &Args, response: &Response) -> Outcome {
     match response {
-        Response::Error { kind, message } => format!("smartsignd refused ({kind:?}): {message}"),
-        other => format!("unexpected answer from smartsignd: {other:?}"),
+        Response::Error {
+            kind: ErrorKind::Internal | ErrorKind::UnsupportedVersion,
+            message,
+        } => unavailable(pam, args, &format!("smartsignd failed: {message}")),
+        Response::Error { kind, message } => {
+            pam.log(
+                Priority::Error,
+                &format!("smartsignd refused the login ({kind:?}): {message}"),
+            );
+            pam.error("SmartSign refused this login. Contact your administrator.");
+            Outcome::AuthErr
+        }
+        other => unavailable(
+            pam,
+            args,
+            &format!("unexpected answer from smartsignd: {other:?}"),
+        ),
     }
 }
 
@@ -182,7 +201,7 @@ fn printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smartsign_proto::{DenyReason, ErrorKind};
+    use smartsign_proto::DenyReason;
     use std::cell::RefCell;
     use std::collections::VecDeque;
     use std::time::Duration;
@@ -401,18 +420,47 @@ mod tests {
 
     #[test]
     fn a_refusal_or_odd_answer_is_never_success() {
-        for answer in [
-            Response::error(ErrorKind::Refused, "not yours"),
-            Response::error(ErrorKind::Internal, "store unreadable"),
-            Response::Done,
-            Response::Allow { phone: "x".into() },
-        ] {
-            let mut pam = ScriptedPam::alice(&[]);
-            let daemon = ScriptedDaemon::new(vec![("begin", Ok(answer))]);
-            assert_eq!(
-                run(&mut pam, &daemon, &Args::default()),
-                Outcome::AuthInfoUnavail
-            );
+        let safe = Args {
+            failmode: Failmode::Safe,
+            ..Args::default()
+        };
+        let cases = [
+            (
+                Response::error(ErrorKind::Refused, "not yours"),
+                Outcome::AuthErr,
+                Outcome::AuthErr,
+            ),
+            (
+                Response::error(ErrorKind::BadRequest, "bad name"),
+                Outcome::AuthErr,
+                Outcome::AuthErr,
+            ),
+            (
+                Response::error(ErrorKind::Internal, "store unreadable"),
+                Outcome::AuthInfoUnavail,
+                Outcome::Ignore,
+            ),
+            (Response::Done, Outcome::AuthInfoUnavail, Outcome::Ignore),
+            (
+                Response::Allow { phone: "x".into() },
+                Outcome::AuthInfoUnavail,
+                Outcome::Ignore,
+            ),
+        ];
+        for (answer, secure_outcome, safe_outcome) in cases {
+            for (args, expected) in [
+                (Args::default(), secure_outcome),
+                (safe.clone(), safe_outcome),
+            ] {
+                let mut pam = ScriptedPam::alice(&[]);
+                let daemon = ScriptedDaemon::new(vec![("begin", Ok(answer.clone()))]);
+                assert_eq!(
+                    run(&mut pam, &daemon, &args),
+                    expected,
+                    "{answer:?} {args:?}"
+                );
+                assert!(!pam.errors.is_empty(), "the user is told: {answer:?}");
+            }
         }
     }
 

@@ -31,11 +31,12 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::NotRunning { path, source } => {
-                write!(
-                    f,
-                    "smartsignd is not running (socket {}: {source})",
-                    path.display()
-                )
+                let why = if source.kind() == io::ErrorKind::NotFound {
+                    "no socket there; check the socket path too"
+                } else {
+                    "nothing listens there"
+                };
+                write!(f, "smartsignd is not running ({}: {why})", path.display())
             }
             ClientError::Permission { path } => {
                 write!(f, "permission denied on the socket {}", path.display())

@@ -214,6 +214,7 @@ mod tests {
         let big = Request::PhoneAdd {
             user: None,
             name: "x".repeat(MAX_FRAME),
+            code: None,
         };
         let err = write_frame(&mut client, &RequestFrame { v: 1, request: big }, soon());
         assert!(matches!(err, Err(FrameError::TooLarge(_))));

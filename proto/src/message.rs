@@ -34,10 +34,14 @@ pub enum Request {
     Status {
         user: Option<String>,
     },
-    /// Create a pending phone with a fresh secret; replaces a pending one of that name.
+    /// Create a pending phone with a fresh secret; replaces a pending one of
+    /// that name. A caller other than root whose account already has a
+    /// phone proves it with a current `code` from one of them.
     PhoneAdd {
         user: Option<String>,
         name: String,
+        #[serde(default)]
+        code: Option<Secret>,
     },
     /// Confirm a pending phone with the code its app shows now.
     PhoneConfirm {
@@ -48,9 +52,16 @@ pub enum Request {
     PhoneList {
         user: Option<String>,
     },
+    /// Remove a phone; `code` as for `PhoneAdd`.
     PhoneRemove {
         user: Option<String>,
         name: String,
+        #[serde(default)]
+        code: Option<Secret>,
+    },
+    /// Lift a lockout and forget counted failures (root only).
+    Unlock {
+        user: String,
     },
 }
 
@@ -64,6 +75,7 @@ impl Request {
             | Request::PhoneConfirm { user, .. }
             | Request::PhoneList { user }
             | Request::PhoneRemove { user, .. } => user.as_deref(),
+            Request::Unlock { user } => Some(user),
         }
     }
 
@@ -77,6 +89,7 @@ impl Request {
             Request::PhoneConfirm { .. } => "phone_confirm",
             Request::PhoneList { .. } => "phone_list",
             Request::PhoneRemove { .. } => "phone_remove",
+            Request::Unlock { .. } => "unlock",
         }
     }
 }
@@ -95,7 +108,7 @@ impl std::fmt::Display for Request {
             Request::PhoneAdd { name, .. }
             | Request::PhoneConfirm { name, .. }
             | Request::PhoneRemove { name, .. } => write!(f, " phone={name:?}")?,
-            Request::Status { .. } | Request::PhoneList { .. } => {}
+            Request::Status { .. } | Request::PhoneList { .. } | Request::Unlock { .. } => {}
         }
         Ok(())
     }
@@ -130,6 +143,8 @@ pub enum ErrorKind {
     NotFound,
     AlreadyExists,
     WrongCode,
+    /// The account has a phone: the change needs a current code from one.
+    CodeRequired,
     /// The request itself is unusable: bad name, bad field, bad frame.
     BadRequest,
     UnsupportedVersion,
@@ -244,6 +259,11 @@ mod tests {
                 name: "Pixel".into(),
                 code: "493817".into(),
             },
+            Request::PhoneAdd {
+                user: None,
+                name: "Pixel".into(),
+                code: Some("493817".into()),
+            },
         ];
         for request in &requests {
             assert!(!request.to_string().contains("493817"), "{request}");
@@ -275,6 +295,17 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+
+        let add = r#"{"v":1,"request":{"op":"phone_add","user":null,"name":"Pixel 8"}}"#;
+        let frame: RequestFrame = serde_json::from_str(add).unwrap();
+        assert_eq!(
+            frame.request,
+            Request::PhoneAdd {
+                user: None,
+                name: "Pixel 8".into(),
+                code: None
+            }
+        );
 
         let allow = r#"{"v":1,"response":{"result":"allow","phone":"Pixel 8"}}"#;
         let frame: ResponseFrame = serde_json::from_str(allow).unwrap();

@@ -130,12 +130,17 @@ impl Service {
             Request::Begin { login } => self.begin(&login),
             Request::VerifyCode { login, code } => self.verify(&login, &code),
             Request::Status { .. } => self.status(&user),
-            Request::PhoneAdd { name, .. } => self.phone_add(peer_uid, &user, &name),
+            Request::PhoneAdd { name, code, .. } => {
+                self.phone_add(peer_uid, &user, &name, code.as_ref())
+            }
             Request::PhoneConfirm { name, code, .. } => {
                 self.phone_confirm(peer_uid, &user, &name, &code)
             }
             Request::PhoneList { .. } => self.phone_list(&user),
-            Request::PhoneRemove { name, .. } => self.phone_remove(peer_uid, &user, &name),
+            Request::PhoneRemove { name, code, .. } => {
+                self.phone_remove(peer_uid, &user, &name, code.as_ref())
+            }
+            Request::Unlock { .. } => self.unlock(peer_uid, &user),
         };
         match result {
             Ok(response) => response,
@@ -184,6 +189,13 @@ impl Service {
         }
 
         let target_uid = self.accounts.uid_of(&user);
+        if matches!(request, Request::Unlock { .. }) && peer_uid != 0 {
+            // Otherwise a lockout would be one command away from lifting itself.
+            return Err(Refusal {
+                response: Response::error(ErrorKind::Refused, "only root may unlock an account"),
+                audit: Some((Outcome::Refused, "unlock asked by a user".into())),
+            });
+        }
         if peer_uid == 0 {
             // Root may name any account; managing one needs it to exist.
             if target_uid.is_none()
@@ -202,10 +214,65 @@ impl Service {
         Err(Refusal {
             response: Response::error(
                 ErrorKind::Refused,
-                format!("uid {peer_uid} may only act on its own account, not on {user}"),
+                format!(
+                    "{} may only act on its own account, not on {user}",
+                    self.describe_uid(peer_uid)
+                ),
             ),
             audit: Some((Outcome::Refused, "not the caller's own account".into())),
         })
+    }
+
+    fn describe_uid(&self, uid: u32) -> String {
+        match self.accounts.name_of(uid) {
+            Some(name) => format!("uid {uid} ({name})"),
+            None => format!("uid {uid}"),
+        }
+    }
+
+    /// A change to an account that already has a phone, asked by its user
+    /// rather than by root, needs a current code from one of its phones:
+    /// a session and a password alone must not add or drop a second factor.
+    /// The code is checked as at login: used once, counted, locked out.
+    fn require_code(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        code: Option<&Secret>,
+    ) -> Result<(), Refusal> {
+        if peer_uid == 0 || confirmed(self.store.phones(user)?).is_empty() {
+            return Ok(());
+        }
+        let Some(code) = code else {
+            return Err(Refusal::quiet(
+                ErrorKind::CodeRequired,
+                format!("{user} already has a phone: give the current code from one of them"),
+            ));
+        };
+        let login = LoginContext {
+            user: user.to_owned(),
+            service: "smartsign".into(),
+            rhost: None,
+            tty: None,
+        };
+        match self.verify(&login, code)? {
+            Response::Allow { .. } | Response::NotEnrolled => Ok(()),
+            Response::LockedOut { until } => Err(Refusal::quiet(
+                ErrorKind::Refused,
+                format!(
+                    "{user} is locked out after too many wrong codes until {}",
+                    time(until)
+                ),
+            )),
+            Response::Deny { reason } => Err(Refusal::quiet(
+                ErrorKind::WrongCode,
+                format!("{} (from one of your enrolled phones)", reason.describe()),
+            )),
+            other => Err(Refusal::quiet(
+                ErrorKind::Internal,
+                format!("unexpected {other:?}"),
+            )),
+        }
     }
 
     fn begin(&self, login: &LoginContext) -> Result<Response, Refusal> {
@@ -313,7 +380,13 @@ impl Service {
         }))
     }
 
-    fn phone_add(&self, peer_uid: u32, user: &str, name: &str) -> Result<Response, Refusal> {
+    fn phone_add(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        name: &str,
+        code: Option<&Secret>,
+    ) -> Result<Response, Refusal> {
         check_phone_name(name)?;
         let phones = self.store.phones(user)?;
         if phones.iter().any(|p| p.name == name && p.confirmed) {
@@ -328,6 +401,8 @@ impl Service {
                 format!("{user} already has {MAX_PHONES} phones; remove one first"),
             ));
         }
+
+        self.require_code(peer_uid, user, code)?;
 
         let secret = totp::generate_secret().map_err(|err| {
             Refusal::quiet(
@@ -351,7 +426,12 @@ impl Service {
             }
             Err(err) => return Err(err.into()),
         }
-        self.audit_manage(peer_uid, user, name, "phone added, pending confirmation");
+        self.audit_manage(
+            peer_uid,
+            user,
+            Some(name),
+            "phone added, pending confirmation",
+        );
         Ok(Response::PhoneCreated(NewPhone {
             name: name.to_owned(),
             secret: Secret::new(secret.to_string()),
@@ -384,7 +464,7 @@ impl Service {
         let code = normalize(code.expose());
         match totp::check(&phone.secret, &code, now, self.config.totp.skew, 0) {
             CodeMatch::Fresh(step) if self.store.confirm_phone(phone.id, step)? => {
-                self.audit_manage(peer_uid, user, name, "phone confirmed");
+                self.audit_manage(peer_uid, user, Some(name), "phone confirmed");
                 Ok(Response::Done)
             }
             _ => Err(Refusal {
@@ -406,15 +486,38 @@ impl Service {
         })
     }
 
-    fn phone_remove(&self, peer_uid: u32, user: &str, name: &str) -> Result<Response, Refusal> {
+    fn phone_remove(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        name: &str,
+        code: Option<&Secret>,
+    ) -> Result<Response, Refusal> {
         check_phone_name(name)?;
+        let phones = self.store.phones(user)?;
+        let Some(phone) = phones.iter().find(|p| p.name == name) else {
+            return Err(Refusal::quiet(
+                ErrorKind::NotFound,
+                format!("no phone named {name:?}"),
+            ));
+        };
+        // A pending phone never counted at login; dropping one needs no proof.
+        if phone.confirmed {
+            self.require_code(peer_uid, user, code)?;
+        }
         if !self.store.remove_phone(user, name)? {
             return Err(Refusal::quiet(
                 ErrorKind::NotFound,
                 format!("no phone named {name:?}"),
             ));
         }
-        self.audit_manage(peer_uid, user, name, "phone removed");
+        self.audit_manage(peer_uid, user, Some(name), "phone removed");
+        Ok(Response::Done)
+    }
+
+    fn unlock(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {
+        self.store.unlock(user)?;
+        self.audit_manage(peer_uid, user, None, "unlocked by root");
         Ok(Response::Done)
     }
 
@@ -443,19 +546,24 @@ impl Service {
         });
     }
 
-    fn audit_manage(&self, peer_uid: u32, user: &str, phone: &str, reason: &str) {
+    fn audit_manage(&self, peer_uid: u32, user: &str, phone: Option<&str>, reason: &str) {
         self.audit(AuditEvent {
             user: user.to_owned(),
             service: "smartsign".into(),
             rhost: None,
             tty: None,
             method: Method::Manage,
-            phone: Some(phone.to_owned()),
+            phone: phone.map(str::to_owned),
             result: Outcome::Done,
             reason: reason.to_owned(),
             peer_uid: Some(peer_uid),
         });
     }
+}
+
+/// Unix seconds as `2026-12-03T15:20:00Z`.
+fn time(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
 }
 
 fn confirmed(phones: Vec<PhoneRecord>) -> Vec<PhoneRecord> {

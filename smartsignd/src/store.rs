@@ -89,6 +89,8 @@ pub trait Store: Send + Sync {
     fn recent_failures(&self, user: &str, now: u64, window: Duration) -> StoreResult<u32>;
     fn clear_failures(&self, user: &str) -> StoreResult<()>;
     fn locked_until(&self, user: &str, now: u64) -> StoreResult<Option<u64>>;
+    /// Lifts a lockout and forgets the failures counted so far.
+    fn unlock(&self, user: &str) -> StoreResult<()>;
 }
 
 /// Each entry moves the schema one version up; never edit a shipped one.
@@ -314,6 +316,15 @@ impl Store for SqliteStore {
             )
             .optional()?;
         Ok(until.map(|t| t as u64))
+    }
+
+    fn unlock(&self, user: &str) -> StoreResult<()> {
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM lockouts WHERE user = ?1", [user])?;
+        tx.execute("DELETE FROM failures WHERE user = ?1", [user])?;
+        tx.commit()?;
+        Ok(())
     }
 }
 

@@ -66,6 +66,18 @@ fn a_user_enrolls_their_own_phone_and_cannot_touch_anyone_else() {
     assert_eq!(status["user"], alice.name.as_str());
     assert_eq!(status["phones"][0]["confirmed"], true);
 
+    // A second phone needs a code from the first, from a script or at a prompt.
+    let out = as_user(&alice, &daemon, &["phone", "add", "Phone B", "--json"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(text(&out).contains("--code"), "{}", text(&out));
+    let next = oathtool(secret, "30 seconds");
+    let out = as_user(
+        &alice,
+        &daemon,
+        &["phone", "add", "Phone B", "--json", "--code", &next],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
     // Bob's account is out of her reach, whatever she asks; the daemon
     // refuses (exit 4) and logs it.
     for args in [

@@ -153,7 +153,7 @@ fn hostile_user_names_are_refused_not_crashed() {
         let out = pamtester(&dir, &stack, name, &["secret", "123456"], None);
         assert!(!out.status.success(), "{name}: {}", output(&out));
         assert!(
-            output(&out).contains("SmartSign is unavailable"),
+            output(&out).contains("SmartSign refused this login"),
             "{name}: {}",
             output(&out)
         );

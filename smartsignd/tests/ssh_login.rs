@@ -266,3 +266,26 @@ fn either_of_two_phones_works_and_the_log_names_it() {
         s.daemon.log()
     );
 }
+
+#[test]
+fn root_unlocks_a_locked_out_user_at_once() {
+    let s = setup(
+        "unlock",
+        "[lockout]\nmax_failures = 2\nwindow = \"1h\"\n",
+        "",
+    );
+    let secret = s.daemon.enroll(&s.user.name, "Pixel 8");
+    for wrong in ["000000", "999999"] {
+        assert!(!s.login_with(wrong).status.success());
+    }
+    assert!(!s.login_with(&oathtool(&secret, "now")).status.success());
+    let out = s.daemon.cli(&["--user", &s.user.name, "unlock"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.audit_has(&["method=manage", "reason=\"unlocked by root\""]));
+    let login = s.login_with(&oathtool(&secret, "now"));
+    assert!(login.logged_in_as(&s.user.name), "{}", s.daemon.log());
+}

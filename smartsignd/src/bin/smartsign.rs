@@ -18,7 +18,8 @@ use smartsign_proto::{
 /// Manage your SmartSign second factor: phones with an authenticator app.
 ///
 /// Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 smartsignd not
-/// reachable, 4 refused, 5 not found, 6 wrong code, 7 already exists.
+/// reachable, 4 refused, 5 not found, 6 wrong code, 7 already exists,
+/// 8 a code from an enrolled phone is needed (--code).
 #[derive(Parser)]
 #[command(name = "smartsign", version)]
 struct Cli {
@@ -36,12 +37,15 @@ struct Cli {
 enum Command {
     /// Phones, pending phones and lockout.
     Status {
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Add, confirm, list or remove phones.
     #[command(subcommand)]
     Phone(PhoneCommand),
+    /// Lift a lockout now (root only, with --user).
+    Unlock,
 }
 
 #[derive(Subcommand)]
@@ -54,18 +58,25 @@ enum PhoneCommand {
         /// confirm afterwards with `smartsign phone confirm`.
         #[arg(long)]
         json: bool,
+        /// When the account already has a phone: a current code from it.
+        /// Asked for at a prompt when missing (not with --json).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
     },
     /// Confirm a pending phone with the code its app shows now.
-    Confirm {
-        name: String,
-        code: String,
-    },
+    Confirm { name: String, code: String },
+    /// Enrolled and pending phones.
     List {
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Remove a phone; its codes stop working at once.
     Remove {
         name: String,
+        /// A current code from one of the account's phones (asked for when missing).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
     },
 }
 
@@ -78,6 +89,7 @@ enum Exit {
     NotFound = 5,
     WrongCode = 6,
     Exists = 7,
+    CodeRequired = 8,
 }
 
 impl From<ErrorKind> for Exit {
@@ -87,6 +99,7 @@ impl From<ErrorKind> for Exit {
             ErrorKind::NotFound => Exit::NotFound,
             ErrorKind::AlreadyExists => Exit::Exists,
             ErrorKind::WrongCode => Exit::WrongCode,
+            ErrorKind::CodeRequired => Exit::CodeRequired,
             ErrorKind::BadRequest => Exit::Usage,
             ErrorKind::UnsupportedVersion | ErrorKind::Internal => Exit::Failed,
         }
@@ -110,13 +123,24 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::Status { json } => app.status(json),
-        Command::Phone(PhoneCommand::Add { name, json: true }) => app.add_json(name),
-        Command::Phone(PhoneCommand::Add { name, json: false }) => app.add_interactive(name),
+        Command::Phone(PhoneCommand::Add {
+            name,
+            json: true,
+            code,
+        }) => app.add_json(name, code.map(Secret::new)),
+        Command::Phone(PhoneCommand::Add {
+            name,
+            json: false,
+            code,
+        }) => app.add_interactive(name, code.map(Secret::new)),
         Command::Phone(PhoneCommand::Confirm { name, code }) => {
             app.confirm(name, code.as_str().into())
         }
         Command::Phone(PhoneCommand::List { json }) => app.list(json),
-        Command::Phone(PhoneCommand::Remove { name }) => app.remove(name),
+        Command::Phone(PhoneCommand::Remove { name, code }) => {
+            app.remove(name, code.map(Secret::new))
+        }
+        Command::Unlock => app.unlock(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,22 +179,48 @@ impl App {
         Ok(())
     }
 
-    fn add(&self, name: String) -> Result<NewPhone, Failure> {
-        match self.call(Request::PhoneAdd {
-            user: self.user.clone(),
-            name,
-        })? {
+    /// Sends the request `build` makes; when the daemon wants a code from an
+    /// enrolled phone and none was given, asks for one (if `ask`) and retries.
+    fn with_code(
+        &self,
+        code: Option<Secret>,
+        ask: bool,
+        build: impl Fn(Option<Secret>) -> Request,
+    ) -> Result<Response, Failure> {
+        let given = code.is_some();
+        match self.call(build(code)) {
+            Err(Failure(Exit::CodeRequired, message)) if !given && ask => {
+                println!("{message}.");
+                let code = prompt("Code from one of your enrolled phones: ")?;
+                self.call(build(Some(code)))
+            }
+            Err(Failure(Exit::CodeRequired, message)) => Err(Failure(
+                Exit::CodeRequired,
+                format!("{message}: add --code CODE"),
+            )),
+            other => other,
+        }
+    }
+
+    fn add(&self, name: String, code: Option<Secret>, ask: bool) -> Result<NewPhone, Failure> {
+        let user = self.user.clone();
+        let response = self.with_code(code, ask, |code| Request::PhoneAdd {
+            user: user.clone(),
+            name: name.clone(),
+            code,
+        })?;
+        match response {
             Response::PhoneCreated(phone) => Ok(phone),
             other => Err(unexpected(&other)),
         }
     }
 
-    fn add_json(&self, name: String) -> Outcome {
-        print_json(&self.add(name)?)
+    fn add_json(&self, name: String, code: Option<Secret>) -> Outcome {
+        print_json(&self.add(name, code, false)?)
     }
 
-    fn add_interactive(&self, name: String) -> Outcome {
-        let phone = self.add(name)?;
+    fn add_interactive(&self, name: String, code: Option<Secret>) -> Outcome {
+        let phone = self.add(name, code, true)?;
         let uri = phone.otpauth_uri.expose();
         println!("Scan this QR code with your authenticator app (Aegis, FreeOTP, Google");
         println!("Authenticator, 1Password, ...):\n");
@@ -191,16 +241,11 @@ impl App {
         );
         println!("otpauth URI: {uri}\n");
 
-        let stdin = std::io::stdin();
         for _ in 0..CONFIRM_TRIES {
-            print!("Type the 6-digit code the app shows for it now: ");
-            let _ = std::io::stdout().flush();
-            let mut line = zeroize::Zeroizing::new(String::new());
-            match stdin.lock().take_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            match self.confirm(phone.name.clone(), Secret::new(line.trim().to_owned())) {
+            let Ok(code) = prompt("Type the 6-digit code the app shows for it now: ") else {
+                break;
+            };
+            match self.confirm(phone.name.clone(), code) {
                 Ok(()) => return Ok(()),
                 Err(Failure(Exit::WrongCode, message)) => println!("{message}; try again."),
                 Err(other) => return Err(other),
@@ -249,17 +294,47 @@ impl App {
         Ok(())
     }
 
-    fn remove(&self, name: String) -> Outcome {
-        match self.call(Request::PhoneRemove {
-            user: self.user.clone(),
+    fn remove(&self, name: String, code: Option<Secret>) -> Outcome {
+        let user = self.user.clone();
+        let response = self.with_code(code, true, |code| Request::PhoneRemove {
+            user: user.clone(),
             name: name.clone(),
-        })? {
+            code,
+        })?;
+        match response {
             Response::Done => {
                 println!("Phone {name:?} removed.");
                 Ok(())
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    fn unlock(&self) -> Outcome {
+        let Some(user) = self.user.clone() else {
+            return Err(Failure(
+                Exit::Usage,
+                "name the account: smartsign --user NAME unlock".into(),
+            ));
+        };
+        match self.call(Request::Unlock { user: user.clone() })? {
+            Response::Done => {
+                println!("{user} is unlocked; earlier wrong codes no longer count.");
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Asks on stdout and reads one line from stdin; end of input is a failure.
+fn prompt(text: &str) -> Result<Secret, Failure> {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    match std::io::stdin().lock().take_line(&mut line) {
+        Ok(n) if n > 0 => Ok(Secret::new(line.trim().to_owned())),
+        _ => Err(Failure(Exit::Usage, "no answer on standard input".into())),
     }
 }
 
@@ -290,7 +365,7 @@ fn print_status(status: &AccountStatus) {
             when(until)
         ),
         None => println!(
-            "  Not locked out ({} of {} wrong codes allowed so far).",
+            "  Not locked out: {} wrong code(s) recently; {} lock the account.",
             status.recent_failures, status.max_failures
         ),
     }

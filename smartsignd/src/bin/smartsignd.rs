@@ -65,6 +65,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(err) = handle_signals(config.socket.clone()) {
+        eprintln!("smartsignd: cannot set up signal handling: {err}");
+        return ExitCode::FAILURE;
+    }
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
@@ -86,4 +90,36 @@ fn main() -> ExitCode {
     let err = server::serve(listener, Arc::new(service));
     eprintln!("smartsignd: stopped: {err}");
     ExitCode::FAILURE
+}
+
+/// SIGTERM and SIGINT stop the daemon cleanly (socket removed, a line in
+/// the log); SIGHUP is logged and ignored, since settings are read at start
+/// only. The signals are blocked in every thread and taken by one of its own.
+fn handle_signals(socket: PathBuf) -> nix::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set.thread_block()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                match set.wait() {
+                    Ok(Signal::SIGHUP) => eprintln!(
+                        "smartsignd: SIGHUP ignored: restart smartsignd to apply configuration changes"
+                    ),
+                    Ok(signal) => {
+                        eprintln!("smartsignd: stopping on {signal}");
+                        let _ = std::fs::remove_file(&socket);
+                        std::process::exit(0);
+                    }
+                    Err(err) => eprintln!("smartsignd: waiting for signals: {err}"),
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|_| nix::Error::EAGAIN)
 }

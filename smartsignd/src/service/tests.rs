@@ -102,6 +102,7 @@ impl Fixture {
             Request::PhoneAdd {
                 user: Some(user.into()),
                 name: name.into(),
+                code: None,
             },
         );
         let Response::PhoneCreated(phone) = created else {
@@ -175,6 +176,7 @@ fn unenrolled_users_are_left_to_the_stack_and_audited() {
         Request::PhoneAdd {
             user: None,
             name: "Pixel".into(),
+            code: None,
         },
     );
     assert_eq!(
@@ -460,10 +462,12 @@ fn users_act_only_on_themselves() {
         Request::PhoneAdd {
             user: Some("bob".into()),
             name: "evil".into(),
+            code: None,
         },
         Request::PhoneRemove {
             user: Some("bob".into()),
             name: "Pixel".into(),
+            code: None,
         },
         Request::Status {
             user: Some("root".into()),
@@ -523,6 +527,7 @@ fn root_manages_existing_accounts_only() {
         Request::PhoneAdd {
             user: Some("ghost".into()),
             name: "P".into(),
+            code: None,
         },
     );
     assert!(
@@ -569,6 +574,7 @@ fn hostile_names_are_refused() {
             Request::PhoneAdd {
                 user: None,
                 name: name.into(),
+                code: None,
             },
         );
         assert!(
@@ -602,6 +608,7 @@ fn enrollment_rules() {
         Request::PhoneAdd {
             user: None,
             name: "Pixel".into(),
+            code: None,
         },
     ) else {
         panic!()
@@ -668,6 +675,7 @@ fn enrollment_rules() {
         Request::PhoneAdd {
             user: None,
             name: "Pixel".into(),
+            code: None,
         },
     );
     assert!(matches!(
@@ -677,21 +685,40 @@ fn enrollment_rules() {
             ..
         }
     ));
-    assert_eq!(
+    // Removing a confirmed phone takes a fresh code from one.
+    let secret = phone.secret.expose();
+    f.advance(30);
+    let remove = |code: Option<&str>| {
         f.service.handle(
             ALICE,
             Request::PhoneRemove {
                 user: None,
-                name: "Pixel".into()
-            }
-        ),
-        Response::Done
-    );
+                name: "Pixel".into(),
+                code: code.map(Secret::from),
+            },
+        )
+    };
+    assert!(matches!(
+        remove(None),
+        Response::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        }
+    ));
+    assert!(matches!(
+        remove(Some("000000")),
+        Response::Error {
+            kind: ErrorKind::WrongCode,
+            ..
+        }
+    ));
+    assert_eq!(remove(Some(&code_at(secret, f.time()))), Response::Done);
     let gone = f.service.handle(
         ALICE,
         Request::PhoneRemove {
             user: None,
             name: "Pixel".into(),
+            code: None,
         },
     );
     assert!(matches!(
@@ -701,4 +728,172 @@ fn enrollment_rules() {
             ..
         }
     ));
+}
+
+fn add_as(f: &Fixture, uid: u32, name: &str, code: Option<&str>) -> Response {
+    f.service.handle(
+        uid,
+        Request::PhoneAdd {
+            user: Some("alice".into()),
+            name: name.into(),
+            code: code.map(Secret::from),
+        },
+    )
+}
+
+/// A session and a password must not be enough to add a phone of one's
+/// own next to the user's: the first phone is free, later ones need a code.
+#[test]
+fn a_second_phone_needs_a_code_from_the_first() {
+    let f = Fixture::new("second");
+    assert!(matches!(
+        add_as(&f, ALICE, "first", None),
+        Response::PhoneCreated(_)
+    ));
+    // A pending first phone does not yet demand proof.
+    assert!(matches!(
+        add_as(&f, ALICE, "other", None),
+        Response::PhoneCreated(_)
+    ));
+    let secret = f.enroll("alice", "Pixel");
+
+    let answer = add_as(&f, ALICE, "evil", None);
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::CodeRequired,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    let answer = add_as(&f, ALICE, "evil", Some("123456"));
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::WrongCode,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(f.last_line().contains("service=smartsign") && f.last_line().contains("result=deny"));
+
+    let code = code_at(&secret, f.time());
+    assert!(matches!(
+        add_as(&f, ALICE, "Tablet", Some(&code)),
+        Response::PhoneCreated(_)
+    ));
+    // The code is spent: it cannot also log in.
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Deny {
+            reason: DenyReason::ReusedCode
+        }
+    );
+    // Root needs no code.
+    assert!(matches!(
+        add_as(&f, 0, "Laptop", None),
+        Response::PhoneCreated(_)
+    ));
+}
+
+#[test]
+fn wrong_proofs_count_and_a_lockout_blocks_changes() {
+    let f = Fixture::new("proof-lockout");
+    let secret = f.enroll("alice", "Pixel");
+    for _ in 0..2 {
+        add_as(&f, ALICE, "evil", Some("000000"));
+    }
+    assert_eq!(
+        f.verify("alice", "000000"),
+        Response::LockedOut {
+            until: f.time() + 60
+        }
+    );
+    let code = code_at(&secret, f.time());
+    let answer = add_as(&f, ALICE, "evil", Some(&code));
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    let remove = f.service.handle(
+        ALICE,
+        Request::PhoneRemove {
+            user: None,
+            name: "Pixel".into(),
+            code: Some(code.as_str().into()),
+        },
+    );
+    assert!(
+        matches!(
+            remove,
+            Response::Error {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "{remove:?}"
+    );
+    let Response::Phones { phones } = f.service.handle(ALICE, Request::PhoneList { user: None })
+    else {
+        panic!()
+    };
+    assert_eq!(phones.len(), 1, "nothing changed while locked out");
+}
+
+#[test]
+fn only_root_unlocks() {
+    let f = Fixture::new("unlock");
+    let secret = f.enroll("alice", "Pixel");
+    for wrong in ["000000", "000001", "000002"] {
+        f.verify("alice", wrong);
+    }
+    let until = f.time() + 60;
+    let refused = f.service.handle(
+        ALICE,
+        Request::Unlock {
+            user: "alice".into(),
+        },
+    );
+    assert!(
+        matches!(
+            refused,
+            Response::Error {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(f.last_line().contains("result=refused"));
+    assert_eq!(
+        f.verify("alice", &code_at(&secret, f.time())),
+        Response::LockedOut { until }
+    );
+
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Unlock {
+                user: "alice".into()
+            }
+        ),
+        Response::Done
+    );
+    assert!(f.last_line().contains("reason=\"unlocked by root\""));
+    assert_eq!(
+        f.verify("alice", &code_at(&secret, f.time())),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
 }

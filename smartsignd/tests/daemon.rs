@@ -1,0 +1,157 @@
+//! smartsignd as a process: start-up checks, signals, hostile clients on
+//! its socket. Needs root only where it adds a user (see tests/common).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+#[test]
+fn a_bad_config_stops_the_start_with_file_line_and_key() {
+    let dir = TempDir::new("badconfig");
+    let config = dir.join("smartsign.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"/tmp/x\"\n[lockout]\nmax_failure = 3\n",
+    )
+    .unwrap();
+    for args in [&["--config"][..], &["--check-config", "--config"]] {
+        let out = Command::new(SMARTSIGND)
+            .args(args)
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("smartsign.toml:3: key `max_failure`: unknown field"),
+            "{err}"
+        );
+    }
+    let out = Command::new(SMARTSIGND)
+        .args(["--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn one_daemon_per_socket_and_signals_behave() {
+    let dir = TempDir::new("signals");
+    let mut daemon = Daemon::start(&dir, "");
+    let second = Command::new(SMARTSIGND)
+        .arg("--config")
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already listening"));
+
+    daemon.signal(Signal::SIGHUP);
+    wait_until("the SIGHUP line", Duration::from_secs(5), || {
+        daemon.log().contains("SIGHUP ignored")
+    });
+    assert_eq!(
+        daemon.cli(&["status", "--json"]).status.code(),
+        Some(0),
+        "still serving"
+    );
+
+    daemon.signal(Signal::SIGTERM);
+    wait_until("the socket to go", Duration::from_secs(5), || {
+        !daemon.socket.exists()
+    });
+    assert!(
+        daemon.log().contains("stopping on SIGTERM"),
+        "{}",
+        daemon.log()
+    );
+
+    // A socket left by a daemon that was killed is taken over at the next start.
+    daemon.restart();
+    daemon.signal(Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(daemon.socket.exists());
+    daemon.restart();
+    assert_eq!(daemon.cli(&["status", "--json"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_not_deleted() {
+    let dir = TempDir::new("notasocket");
+    let socket = dir.join("smartsignd.sock");
+    std::fs::write(&socket, "precious").unwrap();
+    let config = dir.join("smartsign.toml");
+    let state = dir.join("state");
+    std::fs::write(
+        &config,
+        format!("socket = {socket:?}\nstate_dir = {state:?}\n"),
+    )
+    .unwrap();
+    let out = Command::new(SMARTSIGND)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+}
+
+/// Raw bytes on the socket: each bad frame gets an error frame or a closed
+/// connection, never a crash; the daemon keeps serving afterwards.
+#[test]
+fn garbage_on_the_socket_is_answered_and_survived() {
+    let dir = TempDir::new("garbage");
+    let daemon = Daemon::start(&dir, "");
+    let send = |bytes: &[u8]| -> Vec<u8> {
+        let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let _ = stream.write_all(bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        answer
+    };
+    let frame = |body: &[u8]| {
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    };
+    for (bytes, expect) in [
+        (frame(b"not json"), "malformed"),
+        (frame(br#"{"v":7,"request":{"op":"status"}}"#), "version 7"),
+        (
+            frame(br#"{"v":1,"request":{"op":"status","user":"a\u0000b"}}"#),
+            "invalid user name",
+        ),
+        (
+            frame(br#"{"v":1,"request":{"op":"begin","login":{"user":"../../x","service":"s"}}}"#),
+            "invalid user name",
+        ),
+        (u32::MAX.to_be_bytes().to_vec(), "over the limit"),
+        (vec![0, 0, 0, 50, b'{'], "in the middle of a frame"),
+    ] {
+        let answer = String::from_utf8_lossy(&send(&bytes)).into_owned();
+        assert!(
+            answer.contains("\"error\"") && answer.contains(expect),
+            "{expect}: {answer}"
+        );
+    }
+    // A client that closes without a word gets none.
+    assert!(send(&[]).is_empty());
+    assert_eq!(
+        daemon.cli(&["status", "--json"]).status.code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+}
