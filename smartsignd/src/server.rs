@@ -1,11 +1,11 @@
 //! The Unix socket: who is asking (SO_PEERCRED), one frame in, one out.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -16,8 +16,15 @@ use smartsign_proto::{
 
 use crate::service::Service;
 
-/// Connections served at once; more are answered "busy" and closed.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from uids other than root; more are answered
+/// "busy" and closed.
+pub const MAX_USER_CONNECTIONS: usize = 48;
+/// Connections served at once from one uid other than root, so that one
+/// local user holding connections open cannot crowd out everybody's logins.
+pub const MAX_PER_UID: usize = 4;
+/// Connections served at once in all; root (sshd, sudo, login) always has
+/// room beyond what other uids can take.
+pub const MAX_CONNECTIONS: usize = 128;
 /// The whole exchange with one client, from accept to the last byte sent.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -82,9 +89,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 }
 
 /// Serves until the listener fails. Each connection gets its own thread,
-/// at most [`MAX_CONNECTIONS`] at once.
+/// within the limits above.
 pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots::default());
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -95,21 +102,81 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
             }
             Err(err) => return err,
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            busy(stream);
+        // Without the peer's uid nothing may be asked.
+        let uid = match getsockopt(&stream, PeerCredentials) {
+            Ok(cred) => cred.uid(),
+            Err(err) => {
+                eprintln!("smartsignd: cannot read the peer's credentials, dropping: {err}");
+                continue;
+            }
+        };
+        let Some(slot) = Slots::take(&slots, uid) else {
+            busy(stream, uid);
             continue;
-        }
+        };
         let service = Arc::clone(&service);
-        let active = Arc::clone(&active);
         let spawned = std::thread::Builder::new()
             .name("client".into())
             .spawn(move || {
-                serve_one(stream, &service);
-                active.fetch_sub(1, Ordering::SeqCst);
+                serve_one(stream, uid, &service);
+                drop(slot);
             });
         if let Err(err) = spawned {
             eprintln!("smartsignd: cannot start a thread: {err}");
+        }
+    }
+}
+
+/// Counts the connections being served, in all and per uid.
+#[derive(Default)]
+struct Slots {
+    by_uid: Mutex<HashMap<u32, usize>>,
+}
+
+/// One connection's place; given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Slots {
+    fn take(slots: &Arc<Slots>, uid: u32) -> Option<Slot> {
+        let mut by_uid = slots.by_uid.lock().unwrap_or_else(PoisonError::into_inner);
+        let total: usize = by_uid.values().sum();
+        let others: usize = by_uid
+            .iter()
+            .filter(|(u, _)| **u != 0)
+            .map(|(_, n)| n)
+            .sum();
+        let mine = by_uid.get(&uid).copied().unwrap_or(0);
+        let room = if uid == 0 {
+            total < MAX_CONNECTIONS
+        } else {
+            total < MAX_CONNECTIONS && others < MAX_USER_CONNECTIONS && mine < MAX_PER_UID
+        };
+        if !room {
+            return None;
+        }
+        *by_uid.entry(uid).or_default() += 1;
+        Some(Slot {
+            slots: Arc::clone(slots),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_uid = self
+            .slots
+            .by_uid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = by_uid.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                by_uid.remove(&self.uid);
+            }
         }
     }
 }
@@ -129,7 +196,8 @@ fn is_transient(err: &io::Error) -> bool {
     )
 }
 
-fn busy(mut stream: UnixStream) {
+fn busy(mut stream: UnixStream, uid: u32) {
+    eprintln!("smartsignd: too many connections, turning one away from uid {uid}");
     let deadline = Instant::now() + Duration::from_millis(200);
     let answer = Response::error(ErrorKind::Internal, "smartsignd is busy; try again");
     let _ = write_frame(
@@ -142,16 +210,8 @@ fn busy(mut stream: UnixStream) {
     );
 }
 
-fn serve_one(mut stream: UnixStream, service: &Service) {
+fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
     let deadline = Instant::now() + CLIENT_DEADLINE;
-    // Without the peer's uid nothing may be asked.
-    let uid = match getsockopt(&stream, PeerCredentials) {
-        Ok(cred) => cred.uid(),
-        Err(err) => {
-            eprintln!("smartsignd: cannot read the peer's credentials, dropping: {err}");
-            return;
-        }
-    };
 
     let response = match read_frame::<RequestFrame>(&mut stream, deadline) {
         Ok(frame) => {
@@ -187,5 +247,38 @@ fn serve_one(mut stream: UnixStream, service: &Service) {
     };
     if let Err(err) = write_frame(&mut stream, &frame, deadline) {
         eprintln!("smartsignd: answering uid {uid}: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_cannot_take_every_slot_and_root_always_has_room() {
+        let slots = Arc::new(Slots::default());
+        let mine: Vec<Slot> = (0..MAX_PER_UID)
+            .map(|_| Slots::take(&slots, 1000).unwrap())
+            .collect();
+        assert!(Slots::take(&slots, 1000).is_none());
+        assert!(Slots::take(&slots, 1001).is_some());
+
+        let crowd: Vec<Slot> = (0..MAX_USER_CONNECTIONS)
+            .filter_map(|i| Slots::take(&slots, 2000 + i as u32))
+            .collect();
+        assert!(
+            Slots::take(&slots, 5000).is_none(),
+            "other uids are capped in all"
+        );
+        let root: Vec<Slot> = (0..10).map(|_| Slots::take(&slots, 0).unwrap()).collect();
+
+        drop(mine);
+        assert!(
+            Slots::take(&slots, 1000).is_some(),
+            "slots come back when dropped"
+        );
+        drop(crowd);
+        drop(root);
+        assert!(slots.by_uid.lock().unwrap().is_empty());
     }
 }

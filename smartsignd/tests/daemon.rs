@@ -155,3 +155,64 @@ fn garbage_on_the_socket_is_answered_and_survived() {
         daemon.log()
     );
 }
+
+/// A local user who opens connections and says nothing cannot starve the
+/// logins that root's PAM applications ask for. Needs root for the user.
+#[test]
+fn a_user_hoarding_connections_does_not_block_root() {
+    require_root();
+    let dir = TempDir::new("hoard");
+    let user = TestUser::new("sse2e-hoard");
+    let daemon = Daemon::start(&dir, "");
+    let uid = user.uid().to_string();
+    let script = format!(
+        "import socket, time\n\
+         held = []\n\
+         for _ in range(200):\n\
+         \x20   s = socket.socket(socket.AF_UNIX); s.connect({:?}); held.append(s)\n\
+         print('holding', flush=True)\n\
+         time.sleep(8)\n",
+        daemon.socket.display().to_string()
+    );
+    let mut hoarder = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hoarder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "holding");
+
+    let started = std::time::Instant::now();
+    let out = daemon.cli(&["--user", &user.name, "status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "root waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("too many connections, turning one away from uid")
+    );
+    let _ = hoarder.kill();
+    let _ = hoarder.wait();
+}
