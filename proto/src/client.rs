@@ -21,6 +21,11 @@ pub enum ClientError {
     Permission {
         path: PathBuf,
     },
+    /// The process on the socket runs as an ordinary user, not as smartsignd.
+    Untrusted {
+        path: PathBuf,
+        uid: u32,
+    },
     /// The daemon did not answer in time.
     Timeout,
     Frame(FrameError),
@@ -41,6 +46,12 @@ impl std::fmt::Display for ClientError {
             ClientError::Permission { path } => {
                 write!(f, "permission denied on the socket {}", path.display())
             }
+            ClientError::Untrusted { path, uid } => write!(
+                f,
+                "the socket {} belongs to a process of uid {uid}, not to smartsignd \
+                 (root or a system user): not trusted",
+                path.display()
+            ),
             ClientError::Timeout => f.write_str("smartsignd did not answer in time"),
             ClientError::Frame(err) => write!(f, "bad answer from smartsignd: {err}"),
             ClientError::Io(err) => write!(f, "talking to smartsignd: {err}"),
@@ -55,19 +66,42 @@ impl std::error::Error for ClientError {}
 pub struct Client {
     path: PathBuf,
     timeout: Duration,
+    /// One more uid the daemon may run as, besides root and system users.
+    also_trusted: Option<u32>,
 }
+
+/// The highest uid of a system user on Debian (SYS_UID_MAX): smartsignd runs
+/// as root or as a system user, never as a uid a person logs in with.
+pub const SYSTEM_UID_MAX: u32 = 999;
 
 impl Client {
     pub fn new(path: impl Into<PathBuf>, timeout: Duration) -> Self {
         Self {
             path: path.into(),
             timeout,
+            also_trusted: None,
         }
+    }
+
+    /// Also accepts a daemon running as `uid`, for tests run by a person.
+    pub fn trusting(mut self, uid: u32) -> Self {
+        self.also_trusted = Some(uid);
+        self
     }
 
     pub fn call(&self, request: Request) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut stream = connect(&self.path, self.timeout)?;
+
+        // A socket path that a user could bind (a misconfigured socket=)
+        // must not get a code or decide a login: check who answers first.
+        let uid = peer_uid(&stream).map_err(ClientError::Io)?;
+        if uid > SYSTEM_UID_MAX && Some(uid) != self.also_trusted {
+            return Err(ClientError::Untrusted {
+                path: self.path.clone(),
+                uid,
+            });
+        }
 
         let frame = RequestFrame {
             v: PROTOCOL_VERSION,
@@ -76,6 +110,34 @@ impl Client {
         write_frame(&mut stream, &frame, deadline).map_err(frame_error)?;
         let answer: ResponseFrame = read_frame(&mut stream, deadline).map_err(frame_error)?;
         Ok(answer.response)
+    }
+}
+
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+
+    // SAFETY: `cred` and `len` are valid for writes and sized for SO_PEERCRED.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+
+    if rc == 0 {
+        Ok(cred.uid)
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -142,6 +204,45 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
 
+    fn own_uid() -> u32 {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    }
+
+    /// A daemon that answers every request with `Done`.
+    fn answering_daemon(path: &Path) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let _: Result<RequestFrame, _> = read_frame(&mut stream, deadline);
+                let frame = ResponseFrame {
+                    v: PROTOCOL_VERSION,
+                    response: Response::Done,
+                };
+                let _ = write_frame(&mut stream, &frame, deadline);
+            }
+        })
+    }
+
+    #[test]
+    fn a_daemon_of_an_ordinary_user_is_not_trusted() {
+        let dir = temp_dir("untrusted");
+        let path = socket_in(&dir);
+        let daemon = answering_daemon(&path);
+        let ours = own_uid();
+        let client = Client::new(&path, Duration::from_secs(2));
+        let result = client.call(Request::Status { user: None });
+        if ours > SYSTEM_UID_MAX {
+            assert!(matches!(result, Err(ClientError::Untrusted { uid, .. }) if uid == ours));
+            // Unblock the accept.
+            let _ = UnixStream::connect(&path);
+        } else {
+            assert_eq!(result.unwrap(), Response::Done);
+        }
+        daemon.join().unwrap();
+    }
+
     fn socket_in(dir: &Path) -> PathBuf {
         dir.join("s.sock")
     }
@@ -170,6 +271,7 @@ mod tests {
         let _listener = UnixListener::bind(&path).unwrap();
         let started = Instant::now();
         let err = Client::new(&path, Duration::from_millis(300))
+            .trusting(own_uid())
             .call(Request::Status { user: None })
             .unwrap_err();
         assert!(matches!(err, ClientError::Timeout), "{err}");

@@ -99,12 +99,38 @@ fn quote(value: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
-            c => out.push(c),
+            c => push_visible(&mut out, c),
         }
     }
     out.push('"');
     out
+}
+
+/// Text from a client made safe for one log line: control characters and
+/// invisible ones that reorder or hide text (bidi overrides, zero-width
+/// spaces, line separators) become `\xNN` / `\u{NNNN}`.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        push_visible(&mut out, c);
+    }
+    out
+}
+
+/// Characters that change how a line reads without showing themselves.
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+}
+
+fn push_visible(out: &mut String, c: char) {
+    if c.is_ascii_control() {
+        out.push_str(&format!("\\x{:02x}", u32::from(c)));
+    } else if is_invisible(c) {
+        out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+    } else {
+        out.push(c);
+    }
 }
 
 pub trait AuditSink: Send + Sync {
@@ -200,5 +226,17 @@ mod tests {
         );
         assert!(line.contains("rhost=\"x\\\" result=\\\"allow\""), "{line}");
         assert!(line.contains(" result=deny "));
+    }
+
+    #[test]
+    fn invisible_characters_are_shown() {
+        let mut event = event();
+        event.phone = Some("Pixel\u{202e}lla\u{200b}\u{2028}x".into());
+        let line = event.to_string();
+        assert!(
+            line.contains("phone=\"Pixel\\u{202e}lla\\u{200b}\\u{2028}x\""),
+            "{line}"
+        );
+        assert_eq!(sanitize("a\nb\u{202e}c"), "a\\x0ab\\u{202e}c");
     }
 }

@@ -31,8 +31,8 @@ pub fn check_phone(name: &str) -> Result<(), String> {
     if name.trim() != name {
         return Err("a phone name cannot start or end with a space".into());
     }
-    if name.chars().any(char::is_control) {
-        return Err("a phone name cannot hold control characters".into());
+    if name.chars().any(crate::audit::is_invisible) {
+        return Err("a phone name cannot hold control or invisible characters".into());
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The Unix socket: who is asking (SO_PEERCRED), one frame in, one out.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use smartsign_proto::{
-    ErrorKind, FrameError, PROTOCOL_VERSION, RequestFrame, Response, ResponseFrame, read_frame,
-    write_frame,
+    ErrorKind, FrameError, MAX_FRAME, PROTOCOL_VERSION, RequestFrame, Response, ResponseFrame,
+    read_frame, write_frame,
 };
 
+use crate::audit::sanitize;
 use crate::service::Service;
 
 /// Connections served at once from uids other than root; more are answered
@@ -66,11 +67,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         path: path.to_owned(),
         source,
     };
-    if let Some(parent) = path.parent()
-        && !parent.exists()
-    {
-        std::fs::create_dir_all(parent).map_err(io)?;
-        std::fs::set_permissions(parent, PermissionsExt::from_mode(0o755)).map_err(io)?;
+    // Directories made here must let every user reach the socket, whatever
+    // the umask: each one is opened up to 0755 as it is made.
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| !dir.exists())
+        .collect();
+    for dir in missing.into_iter().rev() {
+        std::fs::create_dir(dir).map_err(io)?;
+        std::fs::set_permissions(dir, PermissionsExt::from_mode(0o755)).map_err(io)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -198,6 +204,13 @@ fn is_transient(err: &io::Error) -> bool {
 
 fn busy(mut stream: UnixStream, uid: u32) {
     eprintln!("smartsignd: too many connections, turning one away from uid {uid}");
+    // Take in what the client already sent, without waiting for more:
+    // closing on unread bytes would reset the connection before the answer.
+    let mut scratch = vec![0u8; MAX_FRAME + 4];
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = stream.read(&mut scratch);
+        let _ = stream.set_nonblocking(false);
+    }
     let deadline = Instant::now() + Duration::from_millis(200);
     let answer = Response::error(ErrorKind::Internal, "smartsignd is busy; try again");
     let _ = write_frame(
@@ -210,10 +223,34 @@ fn busy(mut stream: UnixStream, uid: u32) {
     );
 }
 
+/// Whether the client has closed its socket (POLLHUP), as opposed to only
+/// its sending side (POLLRDHUP), after which it may still read an answer.
+fn client_gone(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+
+    let mut fds = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+
+    // SAFETY: one valid pollfd for a descriptor `stream` owns; no waiting.
+    let ready = unsafe { libc::poll(&raw mut fds, 1, 0) };
+
+    ready == 1 && fds.revents & libc::POLLHUP != 0
+}
+
 fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
     let deadline = Instant::now() + CLIENT_DEADLINE;
 
     let response = match read_frame::<RequestFrame>(&mut stream, deadline) {
+        Ok(_) if client_gone(&stream) => {
+            // It gave up waiting (its timeout passed while this daemon was
+            // stopped or slow): acting now would spend its code, or count
+            // a failure, for a login that has already ended.
+            eprintln!("smartsignd: uid {uid} left before its request was handled; dropped");
+            return;
+        }
         Ok(frame) => {
             let request = frame.request;
             let summary = request.to_string();
@@ -222,6 +259,7 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
             })) {
                 Ok(response) => response,
                 Err(_) => {
+                    let summary = sanitize(&summary);
                     eprintln!("smartsignd: internal error handling {summary} from uid {uid}");
                     Response::error(ErrorKind::Internal, "internal error; see the daemon's log")
                 }
@@ -233,7 +271,10 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
             return;
         }
         Err(err) => {
-            eprintln!("smartsignd: bad request from uid {uid}: {err}");
+            eprintln!(
+                "smartsignd: bad request from uid {uid}: {}",
+                sanitize(&err.to_string())
+            );
             let kind = match err {
                 FrameError::UnsupportedVersion(_) => ErrorKind::UnsupportedVersion,
                 _ => ErrorKind::BadRequest,

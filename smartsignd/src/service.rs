@@ -3,6 +3,7 @@
 //! Authorization is by uid alone: root may act for any account, any other
 //! uid only for its own. Every refusal and every decision is audited.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use smartsign_proto::{
@@ -61,6 +62,7 @@ pub struct Service {
     pub clock: Clock,
     /// For the account name in otpauth URIs (`alice@web-3`).
     pub hostname: String,
+    verifying: Mutex<()>,
 }
 
 /// A failed request: the answer, and what the audit line says.
@@ -92,6 +94,25 @@ impl From<StoreError> for Refusal {
 }
 
 impl Service {
+    pub fn new(
+        config: Config,
+        store: Box<dyn Store>,
+        audit: Box<dyn AuditSink>,
+        accounts: Box<dyn Accounts>,
+        clock: Clock,
+        hostname: String,
+    ) -> Service {
+        Service {
+            config,
+            store,
+            audit,
+            accounts,
+            clock,
+            hostname,
+            verifying: Mutex::new(()),
+        }
+    }
+
     pub fn handle(&self, peer_uid: u32, request: Request) -> Response {
         let (service, login) = match &request {
             Request::Begin { login } | Request::VerifyCode { login, .. } => {
@@ -127,8 +148,21 @@ impl Service {
         };
 
         let result = match request {
-            Request::Begin { login } => self.begin(&login),
-            Request::VerifyCode { login, code } => self.verify(&login, &code),
+            Request::Begin { login } => self.begin(
+                peer_uid,
+                &LoginContext {
+                    user: user.clone(),
+                    ..login
+                },
+            ),
+            Request::VerifyCode { login, code } => self.verify(
+                peer_uid,
+                &LoginContext {
+                    user: user.clone(),
+                    ..login
+                },
+                &code,
+            ),
             Request::Status { .. } => self.status(&user),
             Request::PhoneAdd { name, code, .. } => {
                 self.phone_add(peer_uid, &user, &name, code.as_ref())
@@ -188,7 +222,13 @@ impl Service {
             check_login_fields(login)?;
         }
 
+        // One account, one enrollment, whatever name it was reached by: an
+        // alias sharing the uid, or "Alice" and "alice@example.org" for
+        // "alice" under SSSD, all become the first name NSS gives that uid.
         let target_uid = self.accounts.uid_of(&user);
+        let user = target_uid
+            .and_then(|uid| self.accounts.name_of(uid))
+            .unwrap_or(user);
         if matches!(request, Request::Unlock { .. }) && peer_uid != 0 {
             // Otherwise a lockout would be one command away from lifting itself.
             return Err(Refusal {
@@ -255,7 +295,7 @@ impl Service {
             rhost: None,
             tty: None,
         };
-        match self.verify(&login, code)? {
+        match self.verify(peer_uid, &login, code)? {
             Response::Allow { .. } | Response::NotEnrolled => Ok(()),
             Response::LockedOut { until } => Err(Refusal::quiet(
                 ErrorKind::Refused,
@@ -275,15 +315,29 @@ impl Service {
         }
     }
 
-    fn begin(&self, login: &LoginContext) -> Result<Response, Refusal> {
+    fn begin(&self, peer_uid: u32, login: &LoginContext) -> Result<Response, Refusal> {
         let now = (self.clock)();
         let phones = confirmed(self.store.phones(&login.user)?);
         if phones.is_empty() {
-            self.audit_login(login, Method::None, None, Outcome::Ignore, "not enrolled");
+            self.audit_login(
+                login,
+                peer_uid,
+                Method::None,
+                None,
+                Outcome::Ignore,
+                "not enrolled",
+            );
             return Ok(Response::NotEnrolled);
         }
         if let Some(until) = self.store.locked_until(&login.user, now)? {
-            self.audit_login(login, Method::None, None, Outcome::Deny, "locked out");
+            self.audit_login(
+                login,
+                peer_uid,
+                Method::None,
+                None,
+                Outcome::Deny,
+                "locked out",
+            );
             return Ok(Response::LockedOut { until });
         }
         Ok(Response::Challenge {
@@ -291,12 +345,25 @@ impl Service {
         })
     }
 
-    fn verify(&self, login: &LoginContext, code: &Secret) -> Result<Response, Refusal> {
+    fn verify(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        code: &Secret,
+    ) -> Result<Response, Refusal> {
+        // Checking the lockout, the code and counting a failure is one step:
+        // concurrent wrong guesses must not slip in between the check and
+        // the count.
+        let _one_at_a_time = self
+            .verifying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = (self.clock)();
         let phones = confirmed(self.store.phones(&login.user)?);
         if phones.is_empty() {
             self.audit_login(
                 login,
+                peer_uid,
                 Method::AppCode,
                 None,
                 Outcome::Ignore,
@@ -305,7 +372,14 @@ impl Service {
             return Ok(Response::NotEnrolled);
         }
         if let Some(until) = self.store.locked_until(&login.user, now)? {
-            self.audit_login(login, Method::AppCode, None, Outcome::Deny, "locked out");
+            self.audit_login(
+                login,
+                peer_uid,
+                Method::AppCode,
+                None,
+                Outcome::Deny,
+                "locked out",
+            );
             return Ok(Response::LockedOut { until });
         }
 
@@ -322,6 +396,7 @@ impl Service {
                             self.store.clear_failures(&login.user)?;
                             self.audit_login(
                                 login,
+                                peer_uid,
                                 Method::AppCode,
                                 Some(&phone.name),
                                 Outcome::Allow,
@@ -352,12 +427,13 @@ impl Service {
                     reason.describe(),
                     lockout.max_failures
                 );
-                self.audit_login(login, Method::AppCode, None, Outcome::Deny, &why);
+                self.audit_login(login, peer_uid, Method::AppCode, None, Outcome::Deny, &why);
                 Ok(Response::LockedOut { until })
             }
             None => {
                 self.audit_login(
                     login,
+                    peer_uid,
                     Method::AppCode,
                     None,
                     Outcome::Deny,
@@ -463,7 +539,9 @@ impl Service {
         let now = (self.clock)();
         let code = normalize(code.expose());
         match totp::check(&phone.secret, &code, now, self.config.totp.skew, 0) {
-            CodeMatch::Fresh(step) if self.store.confirm_phone(phone.id, step)? => {
+            CodeMatch::Fresh(step)
+                if self.store.confirm_phone(phone.id, &phone.secret, step)? =>
+            {
                 self.audit_manage(peer_uid, user, Some(name), "phone confirmed");
                 Ok(Response::Done)
             }
@@ -528,6 +606,7 @@ impl Service {
     fn audit_login(
         &self,
         login: &LoginContext,
+        peer_uid: u32,
         method: Method,
         phone: Option<&str>,
         result: Outcome,
@@ -542,7 +621,7 @@ impl Service {
             phone: phone.map(str::to_owned),
             result,
             reason: reason.to_owned(),
-            peer_uid: None,
+            peer_uid: Some(peer_uid),
         });
     }
 

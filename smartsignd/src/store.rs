@@ -40,6 +40,11 @@ pub enum StoreError {
         source: std::io::Error,
     },
     Db(rusqlite::Error),
+    /// The database is not the store this directory held.
+    Lost {
+        id_file: PathBuf,
+        why: &'static str,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -52,6 +57,13 @@ impl std::fmt::Display for StoreError {
             ),
             StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             StoreError::Db(err) => write!(f, "store: {err}"),
+            StoreError::Lost { id_file, why } => write!(
+                f,
+                "the database {why} ({} names it): restore the store from a backup, or remove \
+                 {} to start afresh with nobody enrolled",
+                id_file.display(),
+                id_file.display()
+            ),
         }
     }
 }
@@ -71,8 +83,11 @@ pub trait Store: Send + Sync {
     fn phones(&self, user: &str) -> StoreResult<Vec<PhoneRecord>>;
     /// Creates a pending phone, or gives a pending one of that name a new secret.
     fn put_pending_phone(&self, user: &str, name: &str, secret: &str, now: u64) -> StoreResult<()>;
-    /// Confirms a pending phone, claiming the step of the code that confirmed it.
-    fn confirm_phone(&self, id: i64, step: u64) -> StoreResult<bool>;
+    /// Confirms a pending phone, claiming the step of the code that confirmed
+    /// it; only while its secret is still the one the code was checked against.
+    fn confirm_phone(&self, id: i64, secret: &str, step: u64) -> StoreResult<bool>;
+    /// Writes everything out to the main file, before the daemon stops.
+    fn flush(&self) -> StoreResult<()>;
     fn remove_phone(&self, user: &str, name: &str) -> StoreResult<bool>;
     /// Records a login with `step`, only if it is newer than the last one.
     /// `false` means another login claimed it (or a newer one) first.
@@ -109,7 +124,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE failures (user TEXT NOT NULL, at INTEGER NOT NULL);
     CREATE INDEX failures_by_user ON failures (user, at);
-    CREATE TABLE lockouts (user TEXT PRIMARY KEY, until INTEGER NOT NULL);",
+    CREATE TABLE lockouts (user TEXT PRIMARY KEY, until INTEGER NOT NULL);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
 pub struct SqliteStore {
@@ -118,6 +134,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub const FILE: &str = "smartsign.db";
+    /// Names the store that belongs in this directory; see `check_identity`.
+    pub const ID_FILE: &str = "store-id";
 
     /// Opens (creating if needed) `state_dir/smartsign.db`: the directory
     /// 0700, the file 0600, whatever they were before.
@@ -149,7 +167,74 @@ impl SqliteStore {
         db.pragma_update(None, "foreign_keys", true)?;
         let store = SqliteStore { db: Mutex::new(db) };
         store.migrate()?;
+        store.check_identity(&state_dir.join(Self::ID_FILE))?;
         Ok(store)
+    }
+
+    /// A store that was lost (an emptied file, a missing WAL, a backup of
+    /// the wrong file) would unenroll everybody, and every login would pass
+    /// on the password alone. So the store's random id is kept in a second
+    /// file too: when the store turns up without it, the daemon stops.
+    fn check_identity(&self, id_file: &Path) -> StoreResult<()> {
+        let db = self.lock()?;
+        let stored: Option<String> = db
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        let expected = match std::fs::read_to_string(id_file) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: id_file.to_owned(),
+                    source,
+                });
+            }
+        };
+        match (stored, expected) {
+            (Some(stored), Some(expected)) if stored == expected => Ok(()),
+            (Some(_), Some(_)) => Err(StoreError::Lost {
+                id_file: id_file.to_owned(),
+                why: "holds a different store than the one kept here before",
+            }),
+            (None, Some(_)) => Err(StoreError::Lost {
+                id_file: id_file.to_owned(),
+                why: "holds no SmartSign data, but a store was kept here before",
+            }),
+            (stored, None) => {
+                let id = match stored {
+                    Some(id) => id,
+                    None => {
+                        let id = new_store_id().map_err(|err| StoreError::Io {
+                            path: id_file.to_owned(),
+                            source: err,
+                        })?;
+                        db.execute(
+                            "INSERT INTO meta (key, value) VALUES ('store_id', ?1)",
+                            [&id],
+                        )?;
+                        id
+                    }
+                };
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(id_file)
+                    .map_err(|source| StoreError::Io {
+                        path: id_file.to_owned(),
+                        source,
+                    })?;
+                std::io::Write::write_all(&mut file, format!("{id}\n").as_bytes()).map_err(
+                    |source| StoreError::Io {
+                        path: id_file.to_owned(),
+                        source,
+                    },
+                )?;
+                Ok(())
+            }
+        }
     }
 
     fn migrate(&self) -> StoreResult<()> {
@@ -183,6 +268,12 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
+}
+
+fn new_store_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn since(now: u64, window: Duration) -> i64 {
@@ -226,13 +317,20 @@ impl Store for SqliteStore {
         }
     }
 
-    fn confirm_phone(&self, id: i64, step: u64) -> StoreResult<bool> {
+    fn confirm_phone(&self, id: i64, secret: &str, step: u64) -> StoreResult<bool> {
         let db = self.lock()?;
         let changed = db.execute(
-            "UPDATE phones SET confirmed = 1, last_step = ?2 WHERE id = ?1 AND confirmed = 0",
-            params![id, step as i64],
+            "UPDATE phones SET confirmed = 1, last_step = ?2
+             WHERE id = ?1 AND confirmed = 0 AND secret = ?3",
+            params![id, step as i64, secret],
         )?;
         Ok(changed == 1)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        let db = self.lock()?;
+        db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     fn remove_phone(&self, user: &str, name: &str) -> StoreResult<bool> {
@@ -408,8 +506,12 @@ mod tests {
         assert!(!phones[0].confirmed);
         // Logins cannot claim steps on a pending phone.
         assert!(!store.claim_step(phones[0].id, 5, 12).unwrap());
-        assert!(store.confirm_phone(phones[0].id, 7).unwrap());
-        assert!(!store.confirm_phone(phones[0].id, 8).unwrap());
+        assert!(
+            !store.confirm_phone(phones[0].id, "AAAA", 7).unwrap(),
+            "the replaced secret"
+        );
+        assert!(store.confirm_phone(phones[0].id, "BBBB", 7).unwrap());
+        assert!(!store.confirm_phone(phones[0].id, "BBBB", 8).unwrap());
         assert!(matches!(
             store.put_pending_phone("alice", "Pixel", "CCCC", 13),
             Err(StoreError::Exists)
@@ -428,7 +530,7 @@ mod tests {
             .put_pending_phone("alice", "Pixel", "AAAA", 1)
             .unwrap();
         let id = store.phones("alice").unwrap()[0].id;
-        store.confirm_phone(id, 100).unwrap();
+        store.confirm_phone(id, "AAAA", 100).unwrap();
         assert!(
             !store.claim_step(id, 100, 2).unwrap(),
             "the confirming step is used"
@@ -482,5 +584,53 @@ mod tests {
         store.clear_failures("alice").unwrap();
         assert_eq!(store.recent_failures("alice", 1200, window).unwrap(), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_lost_store_stops_the_daemon_instead_of_unenrolling_everybody() {
+        let dir = temp_state("lost");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .put_pending_phone("alice", "Pixel", "AAAA", 1)
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let id_file = dir.join(SqliteStore::ID_FILE);
+        assert_eq!(std::fs::metadata(&id_file).unwrap().mode() & 0o777, 0o600);
+
+        // The file emptied (or restored without its WAL): refused, twice.
+        let db = dir.join(SqliteStore::FILE);
+        let saved = std::fs::read(&db).unwrap();
+        std::fs::write(&db, b"").unwrap();
+        for _ in 0..2 {
+            let err = SqliteStore::open(&dir).err().unwrap();
+            assert!(matches!(err, StoreError::Lost { .. }), "{err}");
+            assert!(
+                err.to_string().contains("restore the store from a backup"),
+                "{err}"
+            );
+        }
+
+        // The right file back: it opens, with its data.
+        std::fs::write(&db, &saved).unwrap();
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(store.phones("alice").unwrap().len(), 1);
+        drop(store);
+
+        // Another host's store in its place: refused.
+        let other = temp_state("lost-other");
+        drop(SqliteStore::open(&other).unwrap());
+        std::fs::copy(other.join(SqliteStore::FILE), &db).unwrap();
+        assert!(matches!(
+            SqliteStore::open(&dir),
+            Err(StoreError::Lost { .. })
+        ));
+
+        // An admin who removes the id file starts afresh on purpose.
+        std::fs::remove_file(&id_file).unwrap();
+        assert!(SqliteStore::open(&dir).is_ok());
+        assert!(id_file.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&other);
     }
 }

@@ -216,3 +216,64 @@ fn a_user_hoarding_connections_does_not_block_root() {
     let _ = hoarder.kill();
     let _ = hoarder.wait();
 }
+
+/// A request whose client gave up while the daemon was stopped is dropped
+/// when the daemon wakes: no "allow" for a login that already failed, and
+/// the code is not spent. Needs root for the user.
+#[test]
+fn requests_abandoned_while_stopped_are_not_acted_on() {
+    use smartsign_proto::{LoginContext, PROTOCOL_VERSION, Request, RequestFrame, write_frame};
+
+    require_root();
+    let dir = TempDir::new("abandoned");
+    let user = TestUser::new("sse2e-abandon");
+    let daemon = Daemon::start(&dir, "");
+    let secret = daemon.enroll(&user.name, "Pixel");
+    let code = oathtool(&secret, "now");
+    let login = LoginContext {
+        user: user.name.clone(),
+        service: "sshd".into(),
+        rhost: None,
+        tty: None,
+    };
+
+    daemon.signal(Signal::SIGSTOP);
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    let frame = RequestFrame {
+        v: PROTOCOL_VERSION,
+        request: Request::VerifyCode {
+            login: login.clone(),
+            code: code.as_str().into(),
+        },
+    };
+    write_frame(
+        &mut stream,
+        &frame,
+        std::time::Instant::now() + Duration::from_secs(2),
+    )
+    .unwrap();
+    drop(stream);
+    daemon.signal(Signal::SIGCONT);
+    wait_until("the drop line", Duration::from_secs(5), || {
+        daemon.log().contains("left before")
+    });
+    assert!(
+        !daemon.audit().iter().any(|l| l.contains("result=allow")),
+        "{}",
+        daemon.log()
+    );
+
+    let client = smartsign_proto::Client::new(&daemon.socket, Duration::from_secs(5));
+    let answer = client
+        .call(Request::VerifyCode {
+            login,
+            code: code.as_str().into(),
+        })
+        .unwrap();
+    assert_eq!(
+        answer,
+        smartsign_proto::Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+}

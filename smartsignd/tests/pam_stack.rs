@@ -219,3 +219,79 @@ fn screen_locker_runs_as_the_user() {
         daemon.log()
     );
 }
+
+/// Something other than smartsignd on the socket (a user's process, where
+/// socket= points into a directory a user can write) is not believed, even
+/// when it answers "allow". Needs root for the user.
+#[test]
+fn a_fake_daemon_run_by_a_user_is_not_believed() {
+    require_root();
+    let dir = TempDir::new("fakedaemon");
+    let user = TestUser::new("sse2e-fake");
+    let uid = user.uid();
+    let own = dir.join("userdir");
+    std::fs::create_dir(&own).unwrap();
+    nix::unistd::chown(&own, Some(uid.into()), Some(uid.into())).unwrap();
+    let socket = own.join("fake.sock");
+    let script = format!(
+        "import socket, struct, json, os\n\
+         s = socket.socket(socket.AF_UNIX); s.bind({path:?}); os.chmod({path:?}, 0o666); s.listen(8)\n\
+         print('ready', flush=True)\n\
+         for _ in range(4):\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   n = struct.unpack('>I', c.recv(4))[0]; req = json.loads(c.recv(n))['request']\n\
+         \x20   ans = {{'result': 'challenge', 'phones': ['x']}} if req['op'] == 'begin' else {{'result': 'allow', 'phone': 'x'}}\n\
+         \x20   body = json.dumps({{'v': 1, 'response': ans}}).encode(); c.sendall(struct.pack('>I', len(body)) + body); c.close()\n",
+        path = socket.display().to_string()
+    );
+    let mut fake = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+        ])
+        .args(["/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fake.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let services = dir.join("pam.d");
+    std::fs::create_dir_all(&services).unwrap();
+    std::fs::write(
+        services.join("smartsign-test"),
+        format!(
+            "auth required {} socket={} timeout=2\n",
+            module_path().display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let stack = Stack {
+        services,
+        passdb: dir.join("passdb"),
+    };
+    let out = pamtester(&dir, &stack, &user.name, &["999999"], None);
+    let _ = fake.kill();
+    let _ = fake.wait();
+    assert!(!out.status.success(), "{}", output(&out));
+    assert!(
+        output(&out).contains("SmartSign is unavailable"),
+        "{}",
+        output(&out)
+    );
+    // Under pam_wrapper, pam_syslog lines go to stderr.
+    assert!(
+        output(&out).contains(&format!("of uid {uid}, not to smartsignd")),
+        "{}",
+        output(&out)
+    );
+}

@@ -289,3 +289,42 @@ fn root_unlocks_a_locked_out_user_at_once() {
     let login = s.login_with(&oathtool(&secret, "now"));
     assert!(login.logged_in_as(&s.user.name), "{}", s.daemon.log());
 }
+
+/// Another name for the same uid (or a differently written one, as SSSD
+/// accepts) meets the same second factor: enrollment belongs to the account.
+#[test]
+fn an_alias_of_an_enrolled_account_is_asked_for_the_code() {
+    require_root();
+    let dir = TempDir::new("alias");
+    let user = TestUser::new("sse2e-alias");
+    let alias = TestUser::alias("sse2e-alias2", &user);
+    let daemon = Daemon::start(&dir, "");
+    let args = format!("socket={}", daemon.socket.display());
+    let sshd = Sshd::start(
+        &dir,
+        "alias",
+        &format!("{} {}", user.name, alias.name),
+        &args,
+    );
+    let secret = daemon.enroll(&user.name, "Pixel 8");
+
+    let login = ssh(&dir, &sshd, &alias.name, &alias.password, "");
+    assert!(login.asked_for_code(), "{:?}", login.prompts);
+    assert!(!login.status.success());
+    let login = ssh(
+        &dir,
+        &sshd,
+        &alias.name,
+        &alias.password,
+        &oathtool(&secret, "now"),
+    );
+    assert!(login.logged_in_as(&user.name), "{}", login.stderr);
+    let audit = daemon.audit();
+    let line = format!("user={} service=smartsign-e2e-alias", user.name);
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.starts_with(&line) && l.contains("result=allow")),
+        "{audit:?}"
+    );
+}

@@ -65,10 +65,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(err) = handle_signals(config.socket.clone()) {
-        eprintln!("smartsignd: cannot set up signal handling: {err}");
-        return ExitCode::FAILURE;
-    }
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
@@ -79,23 +75,31 @@ fn main() -> ExitCode {
         config.socket.display(),
         config.state_dir.join(SqliteStore::FILE).display()
     );
-    let service = Service {
+    let service = Service::new(
         config,
-        store: Box::new(store),
-        audit: Box::new(Syslog::new(true)),
-        accounts: Box::new(Nss),
-        clock: system_clock(),
+        Box::new(store),
+        Box::new(Syslog::new(true)),
+        Box::new(Nss),
+        system_clock(),
         hostname,
-    };
-    let err = server::serve(listener, Arc::new(service));
+    );
+    let socket = service.config.socket.clone();
+    let service = Arc::new(service);
+    if let Err(err) = handle_signals(socket, Arc::clone(&service)) {
+        eprintln!("smartsignd: cannot set up signal handling: {err}");
+        return ExitCode::FAILURE;
+    }
+    let err = server::serve(listener, service);
     eprintln!("smartsignd: stopped: {err}");
     ExitCode::FAILURE
 }
 
-/// SIGTERM and SIGINT stop the daemon cleanly (socket removed, a line in
-/// the log); SIGHUP is logged and ignored, since settings are read at start
-/// only. The signals are blocked in every thread and taken by one of its own.
-fn handle_signals(socket: PathBuf) -> nix::Result<()> {
+/// SIGTERM and SIGINT stop the daemon cleanly (store written out to its
+/// main file, socket removed, a line in the log); SIGHUP is logged and
+/// ignored, since settings are read at start only. Call before any other
+/// thread starts: the signals are blocked in every thread and taken by one
+/// of its own.
+fn handle_signals(socket: PathBuf, service: Arc<Service>) -> nix::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
 
     let mut set = SigSet::empty();
@@ -114,6 +118,9 @@ fn handle_signals(socket: PathBuf) -> nix::Result<()> {
                     Ok(signal) => {
                         eprintln!("smartsignd: stopping on {signal}");
                         let _ = std::fs::remove_file(&socket);
+                        if let Err(err) = service.store.flush() {
+                            eprintln!("smartsignd: writing out the store: {err}");
+                        }
                         std::process::exit(0);
                     }
                     Err(err) => eprintln!("smartsignd: waiting for signals: {err}"),

@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,16 +12,17 @@ const ALICE: u32 = 1000;
 const BOB: u32 = 1001;
 const START: u64 = 1_800_000_000;
 
-struct Users(HashMap<&'static str, u32>);
+/// Accounts in passwd order: `name_of` gives the first name of a uid.
+struct Users(Vec<(&'static str, u32)>);
 
 impl Accounts for Users {
     fn uid_of(&self, user: &str) -> Option<u32> {
-        self.0.get(user).copied()
+        self.0.iter().find(|(n, _)| *n == user).map(|(_, u)| *u)
     }
     fn name_of(&self, uid: u32) -> Option<String> {
         self.0
             .iter()
-            .find(|(_, u)| **u == uid)
+            .find(|(_, u)| *u == uid)
             .map(|(n, _)| (*n).to_owned())
     }
 }
@@ -59,18 +59,22 @@ impl Fixture {
         let now = Arc::new(AtomicU64::new(START));
         let audit = Arc::new(Memory::default());
         let clock_now = Arc::clone(&now);
-        let service = Service {
+        let service = Service::new(
             config,
-            store: Box::new(SqliteStore::open(&dir).unwrap()),
-            audit: Box::new(SharedAudit(Arc::clone(&audit))),
-            accounts: Box::new(Users(HashMap::from([
+            Box::new(SqliteStore::open(&dir).unwrap()),
+            Box::new(SharedAudit(Arc::clone(&audit))),
+            // Like NSS: "Alice" and an alias resolve to alice's uid, whose
+            // first name is "alice".
+            Box::new(Users(vec![
                 ("root", 0),
                 ("alice", ALICE),
                 ("bob", BOB),
-            ]))),
-            clock: Box::new(move || clock_now.load(Ordering::SeqCst)),
-            hostname: "web-3".into(),
-        };
+                ("Alice", ALICE),
+                ("alice-alias", ALICE),
+            ])),
+            Box::new(move || clock_now.load(Ordering::SeqCst)),
+            "web-3".into(),
+        );
         Fixture {
             service: Arc::new(service),
             now,
@@ -168,7 +172,7 @@ fn unenrolled_users_are_left_to_the_stack_and_audited() {
     assert_eq!(
         f.last_line(),
         "user=alice service=sshd rhost=192.0.2.7 tty=ssh method=none phone=- result=ignore \
-         reason=\"not enrolled\""
+         reason=\"not enrolled\" uid=0"
     );
     // A pending phone does not count.
     f.service.handle(
@@ -896,4 +900,87 @@ fn only_root_unlocks() {
             phone: "Pixel".into()
         }
     );
+}
+
+/// The second factor belongs to the account, not to the name typed: other
+/// names of the same uid find the same phones, lockout and used codes.
+#[test]
+fn every_name_of_an_account_meets_the_same_second_factor() {
+    let f = Fixture::new("aliases");
+    let secret = f.enroll("alice", "Pixel");
+    for name in ["Alice", "alice-alias"] {
+        assert_eq!(
+            f.service.handle(0, Request::Begin { login: login(name) }),
+            Response::Challenge {
+                phones: vec!["Pixel".into()]
+            },
+            "{name}"
+        );
+    }
+    let code = code_at(&secret, f.time());
+    assert_eq!(
+        f.verify("alice-alias", &code),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+    assert!(
+        f.last_line().starts_with("user=alice "),
+        "{}",
+        f.last_line()
+    );
+    assert_eq!(
+        f.verify("Alice", &code),
+        Response::Deny {
+            reason: DenyReason::ReusedCode
+        }
+    );
+    for wrong in ["000000", "000001"] {
+        f.verify("Alice", wrong);
+    }
+    assert!(matches!(
+        f.verify("alice-alias", "000002"),
+        Response::LockedOut { .. }
+    ));
+    assert!(matches!(
+        f.verify("alice", &code),
+        Response::LockedOut { .. }
+    ));
+}
+
+/// Many wrong guesses at once still lock after `max_failures` of them.
+#[test]
+fn concurrent_wrong_codes_cannot_outrun_the_lockout() {
+    let f = Fixture::new("guess-race");
+    f.enroll("alice", "Pixel");
+    let threads: Vec<_> = (0..32)
+        .map(|i| {
+            let service = Arc::clone(&f.service);
+            std::thread::spawn(move || {
+                let code = format!("{:06}", 100_000 + i);
+                service.handle(
+                    0,
+                    Request::VerifyCode {
+                        login: login("alice"),
+                        code: code.as_str().into(),
+                    },
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let judged = answers
+        .iter()
+        .filter(|a| matches!(a, Response::Deny { .. }))
+        .count();
+    assert_eq!(
+        judged, 2,
+        "only max_failures - 1 plain denials before the lock: {answers:?}"
+    );
+    let guesses = f
+        .lines()
+        .iter()
+        .filter(|l| l.contains("reason=\"wrong code"))
+        .count();
+    assert_eq!(guesses, 3, "{:?}", f.lines());
 }

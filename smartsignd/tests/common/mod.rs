@@ -80,6 +80,8 @@ impl Drop for TempDir {
 pub struct TestUser {
     pub name: String,
     pub password: String,
+    /// Whether deleting it removes a home (an alias shares its owner's).
+    home: bool,
 }
 
 impl TestUser {
@@ -104,6 +106,37 @@ impl TestUser {
         TestUser {
             name: name.to_owned(),
             password,
+            home: true,
+        }
+    }
+
+    /// A second name for `of`'s account: same uid, group and home.
+    pub fn alias(name: &str, of: &TestUser) -> TestUser {
+        let _lock = ACCOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = Command::new("userdel")
+            .arg(name)
+            .stderr(Stdio::null())
+            .status();
+        let entry = nix::unistd::User::from_name(&of.name).unwrap().unwrap();
+        let status = Command::new("useradd")
+            .args(["-o", "-M", "-s", "/bin/bash"])
+            .args(["-u", &entry.uid.to_string(), "-g", &entry.gid.to_string()])
+            .arg("-d")
+            .arg(&entry.dir)
+            .arg(name)
+            .status()
+            .unwrap();
+        assert!(status.success(), "useradd {name}");
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(chpasswd.stdin.take().unwrap(), "{name}:{}", of.password).unwrap();
+        assert!(chpasswd.wait().unwrap().success());
+        TestUser {
+            name: name.to_owned(),
+            password: of.password.clone(),
+            home: false,
         }
     }
 
