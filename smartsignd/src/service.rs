@@ -114,55 +114,57 @@ impl Service {
     }
 
     pub fn handle(&self, peer_uid: u32, request: Request) -> Response {
-        let (service, login) = match &request {
-            Request::Begin { login } | Request::VerifyCode { login, .. } => {
-                (login.service.clone(), Some(login.clone()))
-            }
-            _ => ("smartsign".to_owned(), None),
+        let login = match &request {
+            Request::Begin { login } | Request::VerifyCode { login, .. } => Some(login.clone()),
+            _ => None,
         };
-        let method = if login.is_some() {
-            Method::AppCode
-        } else {
-            Method::Manage
+        let op = request.op();
+        let (user, result) = match self.authorize(peer_uid, &request) {
+            Ok(user) => (user.clone(), self.dispatch(peer_uid, user, request)),
+            Err(refusal) => (
+                request.target_user().unwrap_or("-").to_owned(),
+                Err(refusal),
+            ),
+        };
+        let refusal = match result {
+            Ok(response) => return response,
+            Err(refusal) => refusal,
         };
 
-        let user = match self.authorize(peer_uid, &request) {
-            Ok(user) => user,
-            Err(refusal) => {
-                let shown = request.target_user().unwrap_or("-").to_owned();
-                if let Some((result, reason)) = refusal.audit {
-                    self.audit(AuditEvent {
-                        user: shown,
-                        service,
-                        rhost: login.as_ref().and_then(|l| l.rhost.clone()),
-                        tty: login.as_ref().and_then(|l| l.tty.clone()),
-                        method,
-                        phone: None,
-                        result,
-                        reason: format!("{}: {reason}", request.op()),
-                        peer_uid: Some(peer_uid),
-                    });
-                }
-                return refusal.response;
-            }
-        };
+        if let Some((result, reason)) = refusal.audit {
+            let method = if login.is_some() {
+                Method::AppCode
+            } else {
+                Method::Manage
+            };
+            let login = login.unwrap_or_else(|| LoginContext {
+                user: String::new(),
+                service: "smartsign".into(),
+                rhost: None,
+                tty: None,
+            });
+            self.audit(AuditEvent {
+                user,
+                service: login.service,
+                rhost: login.rhost,
+                tty: login.tty,
+                method,
+                phone: None,
+                result,
+                reason: format!("{op}: {reason}"),
+                peer_uid: Some(peer_uid),
+            });
+        }
+        refusal.response
+    }
 
-        let result = match request {
-            Request::Begin { login } => self.begin(
-                peer_uid,
-                &LoginContext {
-                    user: user.clone(),
-                    ..login
-                },
-            ),
-            Request::VerifyCode { login, code } => self.verify(
-                peer_uid,
-                &LoginContext {
-                    user: user.clone(),
-                    ..login
-                },
-                &code,
-            ),
+    /// Carries out an authorized request on `user`, the account's canonical name.
+    fn dispatch(&self, peer_uid: u32, user: String, request: Request) -> Result<Response, Refusal> {
+        match request {
+            Request::Begin { login } => self.begin(peer_uid, &LoginContext { user, ..login }),
+            Request::VerifyCode { login, code } => {
+                self.verify(peer_uid, &LoginContext { user, ..login }, &code)
+            }
             Request::Status { .. } => self.status(&user),
             Request::PhoneAdd { name, code, .. } => {
                 self.phone_add(peer_uid, &user, &name, code.as_ref())
@@ -175,26 +177,6 @@ impl Service {
                 self.phone_remove(peer_uid, &user, &name, code.as_ref())
             }
             Request::Unlock { .. } => self.unlock(peer_uid, &user),
-        };
-        match result {
-            Ok(response) => response,
-            Err(refusal) => {
-                if let Some((result, reason)) = refusal.audit {
-                    let (rhost, tty) = login.map_or((None, None), |l| (l.rhost, l.tty));
-                    self.audit(AuditEvent {
-                        user,
-                        service,
-                        rhost,
-                        tty,
-                        method,
-                        phone: None,
-                        result,
-                        reason,
-                        peer_uid: Some(peer_uid),
-                    });
-                }
-                refusal.response
-            }
         }
     }
 
