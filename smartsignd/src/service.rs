@@ -298,33 +298,39 @@ impl Service {
     }
 
     fn begin(&self, peer_uid: u32, login: &LoginContext) -> Result<Response, Refusal> {
-        let now = (self.clock)();
+        match self.phones_to_ask(peer_uid, login, Method::None)? {
+            Ok(phones) => Ok(Response::Challenge {
+                phones: phones.into_iter().map(|p| p.name).collect(),
+            }),
+            Err(answer) => Ok(answer),
+        }
+    }
+
+    /// The confirmed phones a login may use, or the answer that ends it
+    /// first (not enrolled, locked out), audited.
+    fn phones_to_ask(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        method: Method,
+    ) -> Result<Result<Vec<PhoneRecord>, Response>, Refusal> {
         let phones = confirmed(self.store.phones(&login.user)?);
         if phones.is_empty() {
             self.audit_login(
                 login,
                 peer_uid,
-                Method::None,
+                method,
                 None,
                 Outcome::Ignore,
                 "not enrolled",
             );
-            return Ok(Response::NotEnrolled);
+            return Ok(Err(Response::NotEnrolled));
         }
-        if let Some(until) = self.store.locked_until(&login.user, now)? {
-            self.audit_login(
-                login,
-                peer_uid,
-                Method::None,
-                None,
-                Outcome::Deny,
-                "locked out",
-            );
-            return Ok(Response::LockedOut { until });
+        if let Some(until) = self.store.locked_until(&login.user, (self.clock)())? {
+            self.audit_login(login, peer_uid, method, None, Outcome::Deny, "locked out");
+            return Ok(Err(Response::LockedOut { until }));
         }
-        Ok(Response::Challenge {
-            phones: phones.into_iter().map(|p| p.name).collect(),
-        })
+        Ok(Ok(phones))
     }
 
     fn verify(
@@ -341,29 +347,10 @@ impl Service {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let now = (self.clock)();
-        let phones = confirmed(self.store.phones(&login.user)?);
-        if phones.is_empty() {
-            self.audit_login(
-                login,
-                peer_uid,
-                Method::AppCode,
-                None,
-                Outcome::Ignore,
-                "not enrolled",
-            );
-            return Ok(Response::NotEnrolled);
-        }
-        if let Some(until) = self.store.locked_until(&login.user, now)? {
-            self.audit_login(
-                login,
-                peer_uid,
-                Method::AppCode,
-                None,
-                Outcome::Deny,
-                "locked out",
-            );
-            return Ok(Response::LockedOut { until });
-        }
+        let phones = match self.phones_to_ask(peer_uid, login, Method::AppCode)? {
+            Ok(phones) => phones,
+            Err(answer) => return Ok(answer),
+        };
 
         let code = normalize(code.expose());
         let reason = if code.len() != totp::DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {

@@ -4,22 +4,14 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
 fn as_user(user: &TestUser, daemon: &Daemon, args: &[&str]) -> Output {
-    let uid = user.uid().to_string();
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-            SMARTSIGN,
-            "--socket",
-        ])
+    let uid = user.uid();
+    as_uid(uid, SMARTSIGN)
+        .args(["--socket"])
         .arg(&daemon.socket)
         .args(args)
         .output()
@@ -145,17 +137,9 @@ fn interactive_enrollment_shows_the_qr_code_and_asks_for_the_code() {
     let dir = TempDir::new("cli-tty");
     let user = TestUser::new("sse2e-cli-t");
     let daemon = Daemon::start(&dir, "");
-    let uid = user.uid().to_string();
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-            SMARTSIGN,
-            "--socket",
-        ])
+    let uid = user.uid();
+    let mut child = as_uid(uid, SMARTSIGN)
+        .args(["--socket"])
         .arg(&daemon.socket)
         .args(["phone", "add", "My phone"])
         .stdin(Stdio::piped())

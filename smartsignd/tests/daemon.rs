@@ -164,7 +164,7 @@ fn a_user_hoarding_connections_does_not_block_root() {
     let dir = TempDir::new("hoard");
     let user = TestUser::new("sse2e-hoard");
     let daemon = Daemon::start(&dir, "");
-    let uid = user.uid().to_string();
+    let uid = user.uid();
     let script = format!(
         "import socket, time\n\
          held = []\n\
@@ -174,17 +174,8 @@ fn a_user_hoarding_connections_does_not_block_root() {
          time.sleep(8)\n",
         daemon.socket.display().to_string()
     );
-    let mut hoarder = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
+    let mut hoarder = as_uid(uid, "/usr/bin/python3")
+        .args(["-c", &script])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

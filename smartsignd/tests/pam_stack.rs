@@ -53,18 +53,7 @@ fn pamtester(
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let mut command = match uid {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                &uid.to_string(),
-                "--regid",
-                &uid.to_string(),
-                "--clear-groups",
-                "pamtester",
-            ]);
-            c
-        }
+        Some(uid) => as_uid(uid, "pamtester"),
         None => Command::new("pamtester"),
     };
     let mut child = command
@@ -244,15 +233,8 @@ fn a_fake_daemon_run_by_a_user_is_not_believed() {
          \x20   body = json.dumps({{'v': 1, 'response': ans}}).encode(); c.sendall(struct.pack('>I', len(body)) + body); c.close()\n",
         path = socket.display().to_string()
     );
-    let mut fake = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-        ])
-        .args(["/usr/bin/python3", "-c", &script])
+    let mut fake = as_uid(uid, "/usr/bin/python3")
+        .args(["-c", &script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -138,6 +138,27 @@ impl Fixture {
     }
 }
 
+/// Alice's logins with these codes, each on its own thread, all at once.
+fn all_at_once(f: &Fixture, codes: Vec<String>) -> Vec<Response> {
+    let threads: Vec<_> = codes
+        .into_iter()
+        .map(|code| {
+            let service = Arc::clone(&f.service);
+            std::thread::spawn(move || {
+                let code = code.as_str().into();
+                service.handle(
+                    0,
+                    Request::VerifyCode {
+                        login: login("alice"),
+                        code,
+                    },
+                )
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 fn login(user: &str) -> LoginContext {
     LoginContext {
         user: user.into(),
@@ -408,22 +429,7 @@ fn racing_logins_with_one_code_let_one_in() {
     let f = Fixture::new("race");
     let secret = f.enroll("alice", "Pixel");
     let code = code_at(&secret, f.time());
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let service = Arc::clone(&f.service);
-            let code = code.clone();
-            std::thread::spawn(move || {
-                service.handle(
-                    0,
-                    Request::VerifyCode {
-                        login: login("alice"),
-                        code: code.as_str().into(),
-                    },
-                )
-            })
-        })
-        .collect();
-    let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let answers = all_at_once(&f, vec![code; 8]);
     let allowed = answers
         .iter()
         .filter(|a| matches!(a, Response::Allow { .. }))
@@ -953,22 +959,7 @@ fn every_name_of_an_account_meets_the_same_second_factor() {
 fn concurrent_wrong_codes_cannot_outrun_the_lockout() {
     let f = Fixture::new("guess-race");
     f.enroll("alice", "Pixel");
-    let threads: Vec<_> = (0..32)
-        .map(|i| {
-            let service = Arc::clone(&f.service);
-            std::thread::spawn(move || {
-                let code = format!("{:06}", 100_000 + i);
-                service.handle(
-                    0,
-                    Request::VerifyCode {
-                        login: login("alice"),
-                        code: code.as_str().into(),
-                    },
-                )
-            })
-        })
-        .collect();
-    let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let answers = all_at_once(&f, (0..32).map(|i| format!("{:06}", 100_000 + i)).collect());
     let judged = answers
         .iter()
         .filter(|a| matches!(a, Response::Deny { .. }))

@@ -44,6 +44,15 @@ pub fn module_path() -> PathBuf {
     module
 }
 
+/// `program` run as `uid` (its own group, no others), as a logged-in user
+/// or a screen locker would run it.
+pub fn as_uid(uid: u32, program: &str) -> Command {
+    let uid = uid.to_string();
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", program]);
+    command
+}
+
 pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let started = Instant::now();
     while !ready() {
