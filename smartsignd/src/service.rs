@@ -62,8 +62,12 @@ pub struct Service {
     pub clock: Clock,
     /// For the account name in otpauth URIs (`alice@web-3`).
     pub hostname: String,
-    verifying: Mutex<()>,
+    /// Serializes verification per account (striped by name): checking
+    /// the lockout, the code and counting a failure is then one step.
+    verifying: [Mutex<()>; VERIFY_STRIPES],
 }
+
+const VERIFY_STRIPES: usize = 64;
 
 /// A failed request: the answer, and what the audit line says.
 struct Refusal {
@@ -109,7 +113,7 @@ impl Service {
             accounts,
             clock,
             hostname,
-            verifying: Mutex::new(()),
+            verifying: std::array::from_fn(|_| Mutex::new(())),
         }
     }
 
@@ -245,6 +249,14 @@ impl Service {
         })
     }
 
+    fn verify_lock(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
+        let stripe = &self.verifying[hash as usize % VERIFY_STRIPES];
+        stripe.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn describe_uid(&self, uid: u32) -> String {
         match self.accounts.name_of(uid) {
             Some(name) => format!("uid {uid} ({name})"),
@@ -339,13 +351,9 @@ impl Service {
         login: &LoginContext,
         code: &Secret,
     ) -> Result<Response, Refusal> {
-        // Checking the lockout, the code and counting a failure is one step:
-        // concurrent wrong guesses must not slip in between the check and
-        // the count.
-        let _one_at_a_time = self
-            .verifying
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        // Concurrent wrong guesses must not slip in between the lockout
+        // check and the count.
+        let _one_at_a_time = self.verify_lock(&login.user);
         let now = (self.clock)();
         let phones = match self.phones_to_ask(peer_uid, login, Method::AppCode)? {
             Ok(phones) => phones,
