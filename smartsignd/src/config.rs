@@ -20,6 +20,116 @@ pub struct Config {
     pub totp: TotpConfig,
     #[serde(default)]
     pub lockout: LockoutConfig,
+    /// Emergency codes by email; off when the table is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The From header, such as `SmartSign <smartsign@web-3.example.org>`.
+    #[serde(deserialize_with = "mailbox")]
+    pub from: String,
+    pub transport: MailTransport,
+    /// How long an emailed code is good for.
+    #[serde(default = "default_code_ttl", with = "duration")]
+    pub code_ttl: Duration,
+    /// Mails per user per hour, codes for logins and for confirming an address.
+    #[serde(default = "default_max_per_hour", deserialize_with = "max_per_hour")]
+    pub max_per_hour: u32,
+    /// The bound on handing one mail to the SMTP server or sendmail.
+    #[serde(default = "default_mail_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// SMTP: the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// SMTP: 587 for starttls, 465 for tls, 25 for none, unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: MailTls,
+    /// SMTP: the user name to log in with; needs `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// SMTP: a file holding the password, readable by smartsignd alone.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_absolute_path"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// sendmail: the program.
+    #[serde(default = "default_sendmail", deserialize_with = "absolute_path")]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    Smtp,
+    Sendmail,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTls {
+    /// Plain connection upgraded with STARTTLS; refused if the server cannot.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No encryption: only for a relay on this host.
+    None,
+}
+
+impl EmailConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            MailTls::Starttls => 587,
+            MailTls::Tls => 465,
+            MailTls::None => 25,
+        })
+    }
+}
+
+fn default_code_ttl() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+fn default_max_per_hour() -> u32 {
+    5
+}
+
+fn default_mail_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_sendmail() -> PathBuf {
+    PathBuf::from("/usr/sbin/sendmail")
+}
+
+fn mailbox<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let text = String::deserialize(de)?;
+    match text.parse::<lettre::message::Mailbox>() {
+        Ok(_) => Ok(text),
+        Err(err) => Err(serde::de::Error::custom(format!(
+            "{text:?} is not a mail address such as \"SmartSign <smartsign@example.org>\": {err}"
+        ))),
+    }
+}
+
+fn max_per_hour<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
+    match i64::deserialize(de)? {
+        count @ 1..=100 => Ok(count as u32),
+        other => Err(serde::de::Error::custom(format!(
+            "max_per_hour is from 1 to 100, not {other}"
+        ))),
+    }
+}
+
+fn some_absolute_path<'de, D: Deserializer<'de>>(de: D) -> Result<Option<PathBuf>, D::Error> {
+    absolute_path(de).map(Some)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +158,7 @@ impl Default for Config {
             state_dir: default_state_dir(),
             totp: TotpConfig::default(),
             lockout: LockoutConfig::default(),
+            email: None,
         }
     }
 }
@@ -127,6 +238,50 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = Config::parse_toml(text, path)?;
+        config.check(text, path)?;
+        Ok(config)
+    }
+
+    /// Rules that span keys, after each key has parsed.
+    fn check(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let error = |key: &str, message: String| ConfigError {
+            path: path.to_owned(),
+            line: line_of(text, key),
+            key: Some(key.to_owned()),
+            message,
+        };
+        let Some(email) = &self.email else {
+            return Ok(());
+        };
+        if email.transport == MailTransport::Smtp && email.host.is_none() {
+            return Err(error("transport", "transport = \"smtp\" needs host".into()));
+        }
+        if email.user.is_some() != email.password_file.is_some() {
+            return Err(error("user", "user and password_file go together".into()));
+        }
+        if email.user.is_some() && email.tls == MailTls::None {
+            return Err(error(
+                "tls",
+                "a password is never sent without TLS: use starttls or tls".into(),
+            ));
+        }
+        if email.timeout > Duration::from_secs(60) {
+            return Err(error(
+                "timeout",
+                "the mail timeout is at most 60 seconds".into(),
+            ));
+        }
+        if email.code_ttl > Duration::from_secs(24 * 3600) {
+            return Err(error(
+                "code_ttl",
+                "an emailed code lives at most a day".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn parse_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|err| {
             let span = err.span();
             let line = span
@@ -146,6 +301,17 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|err| format!("# cannot print: {err}\n"))
     }
+}
+
+/// The line on which `key` is set, for errors found after parsing.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|index| index + 1)
 }
 
 /// The key on the line holding byte `offset`: `name` in `name = value`, or
@@ -292,6 +458,81 @@ mod tests {
             assert_eq!(err.line, Some(line), "{text:?}: {err}");
             assert_eq!(err.key.as_deref(), Some(key), "{text:?}: {err}");
             assert!(err.to_string().contains(words), "{text:?}: {err}");
+        }
+    }
+
+    const EMAIL: &str = "[email]\nfrom = \"SmartSign <smartsign@example.org>\"\n";
+
+    #[test]
+    fn email_transports() {
+        let smtp = parse(&format!(
+            "{EMAIL}transport = \"smtp\"\nhost = \"mail.example.org\"\nuser = \"ss\"\n\
+             password_file = \"/etc/smartsign/smtp-password\"\n"
+        ))
+        .unwrap();
+        let email = smtp.email.unwrap();
+        assert_eq!((email.tls, email.port()), (MailTls::Starttls, 587));
+        assert_eq!(email.code_ttl, Duration::from_secs(600));
+        assert_eq!(email.max_per_hour, 5);
+
+        let sendmail = parse(&format!("{EMAIL}transport = \"sendmail\"\n")).unwrap();
+        assert_eq!(
+            sendmail.email.unwrap().path,
+            PathBuf::from("/usr/sbin/sendmail")
+        );
+    }
+
+    #[test]
+    fn email_mistakes_name_the_key() {
+        let cases = [
+            (
+                format!("{EMAIL}transport = \"smtp\"\n"),
+                3,
+                "transport",
+                "needs host",
+            ),
+            (
+                format!("{EMAIL}transport = \"pigeon\"\n"),
+                3,
+                "transport",
+                "unknown variant",
+            ),
+            (
+                format!("{EMAIL}transport = \"smtp\"\nhost = \"h\"\nuser = \"u\"\n"),
+                5,
+                "user",
+                "go together",
+            ),
+            (
+                format!(
+                    "{EMAIL}transport = \"smtp\"\nhost = \"h\"\ntls = \"none\"\nuser = \"u\"\n\
+                     password_file = \"/p\"\n"
+                ),
+                5,
+                "tls",
+                "never sent without TLS",
+            ),
+            (
+                "[email]\nfrom = \"not an address\"\ntransport = \"sendmail\"\n".into(),
+                2,
+                "from",
+                "not a mail address",
+            ),
+            (
+                format!("{EMAIL}transport = \"sendmail\"\nmax_per_hour = 0\n"),
+                4,
+                "max_per_hour",
+                "from 1 to 100",
+            ),
+        ];
+        for (text, line, key, words) in cases {
+            let err = parse(&text).unwrap_err();
+            assert_eq!(
+                (err.line, err.key.as_deref()),
+                (Some(line), Some(key)),
+                "{text}: {err}"
+            );
+            assert!(err.to_string().contains(words), "{text}: {err}");
         }
     }
 

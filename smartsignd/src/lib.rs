@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod mail;
 pub mod names;
 pub mod server;
 pub mod service;

@@ -1,0 +1,376 @@
+//! Emergency codes by mail: the message, and handing it to SMTP or sendmail
+//! within a time bound.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{Address, SmtpTransport, Transport};
+use zeroize::Zeroizing;
+
+use crate::audit::sanitize;
+use crate::config::{EmailConfig, MailTls, MailTransport};
+
+/// The longest address accepted (RFC 5321's path limit).
+pub const MAX_ADDRESS: usize = 254;
+
+#[derive(Debug)]
+pub struct MailError(pub String);
+
+impl std::fmt::Display for MailError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MailError {}
+
+fn fail(what: &str, err: impl std::fmt::Display) -> MailError {
+    MailError(sanitize(&format!("{what}: {err}")))
+}
+
+/// A plausible address to send codes to; the mail it gets proves it.
+pub fn check_address(address: &str) -> Result<Address, String> {
+    if address.len() > MAX_ADDRESS || address.chars().any(crate::audit::is_invisible) {
+        return Err(format!(
+            "an address is at most {MAX_ADDRESS} visible characters"
+        ));
+    }
+    address
+        .parse::<Address>()
+        .map_err(|err| format!("{address:?} is not a mail address: {err}"))
+}
+
+/// `alice@example.org` as `a****@example.org`: enough to recognise, not to harvest.
+pub fn mask(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}****@{domain}")
+        }
+        None => "****".into(),
+    }
+}
+
+/// What a mail says; every field is plain text from this daemon or checked.
+pub struct CodeMail<'a> {
+    pub user: &'a str,
+    pub host: &'a str,
+    pub code: &'a str,
+    /// Why the code was sent: a login, or confirming the address.
+    pub purpose: Purpose<'a>,
+    pub sent: u64,
+    pub expires: u64,
+}
+
+pub enum Purpose<'a> {
+    Login {
+        service: &'a str,
+        rhost: Option<&'a str>,
+    },
+    ConfirmAddress,
+}
+
+impl CodeMail<'_> {
+    pub fn subject(&self) -> String {
+        let what = match self.purpose {
+            Purpose::Login { .. } => "SmartSign code",
+            Purpose::ConfirmAddress => "SmartSign address confirmation",
+        };
+        one_line(&format!("{what} for {} on {}", self.user, self.host))
+    }
+
+    pub fn body(&self) -> String {
+        let minutes = self.expires.saturating_sub(self.sent).div_ceil(60);
+        let (user, host) = (sanitize(self.user), sanitize(self.host));
+        let (line, warning) = match &self.purpose {
+            Purpose::Login { service, rhost } => (
+                format!(
+                    "It lets {} log in to {} once, through {}, from {}.",
+                    user,
+                    host,
+                    sanitize(service),
+                    rhost.map_or_else(|| "this computer".to_owned(), sanitize)
+                ),
+                format!(
+                    "If this was not you, give this code to nobody: someone who knows the\n\
+                     password of {} is trying to log in. Tell your administrator.",
+                    user
+                ),
+            ),
+            Purpose::ConfirmAddress => (
+                format!(
+                    "Type it into `smartsign email confirm` to receive SmartSign codes for\n\
+                     {} on {} at this address.",
+                    user, host
+                ),
+                "If you did not ask for this, ignore this mail; nothing changes.".to_owned(),
+            ),
+        };
+        format!(
+            "Your SmartSign code is: {}\n\n{line}\n\nRequested: {}\nExpires:   {} (in {minutes} minutes)\n\n{warning}\n",
+            self.code,
+            when(self.sent),
+            when(self.expires),
+        )
+    }
+}
+
+fn when(unix: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
+/// Header text on one line: no CR, LF or other control characters.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+pub struct Mailer {
+    config: EmailConfig,
+    from: Mailbox,
+    password: Option<Zeroizing<String>>,
+}
+
+impl Mailer {
+    /// Checks the settings and reads the SMTP password, which must be in a
+    /// file nobody but its owner can read.
+    pub fn new(config: &EmailConfig) -> Result<Mailer, MailError> {
+        let from: Mailbox = config.from.parse().map_err(|err| fail("from", err))?;
+        let password = match &config.password_file {
+            Some(path) => Some(read_secret_file(path)?),
+            None => None,
+        };
+        Ok(Mailer {
+            config: config.clone(),
+            from,
+            password,
+        })
+    }
+
+    pub fn send(&self, to: &Address, mail: &CodeMail<'_>) -> Result<(), MailError> {
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, to.clone()))
+            .subject(mail.subject())
+            .date_now()
+            .message_id(None)
+            .header(ContentType::TEXT_PLAIN)
+            .body(mail.body())
+            .map_err(|err| fail("building the mail", err))?;
+        match self.config.transport {
+            MailTransport::Smtp => self.send_smtp(&message),
+            MailTransport::Sendmail => self.send_sendmail(&message, to),
+        }
+    }
+
+    fn send_smtp(&self, message: &Message) -> Result<(), MailError> {
+        let host = self.config.host.as_deref().unwrap_or("localhost");
+        let builder = match self.config.tls {
+            MailTls::Starttls => SmtpTransport::starttls_relay(host).map_err(|e| fail(host, e))?,
+            MailTls::Tls => SmtpTransport::relay(host).map_err(|e| fail(host, e))?,
+            MailTls::None => SmtpTransport::builder_dangerous(host),
+        };
+        let mut builder = builder
+            .port(self.config.port())
+            .timeout(Some(self.config.timeout));
+        if let (Some(user), Some(password)) = (&self.config.user, &self.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), password.to_string()));
+        }
+        let server = format!("SMTP server {host}:{}", self.config.port());
+        builder
+            .build()
+            .send(message)
+            .map(drop)
+            .map_err(|err| fail(&server, err))
+    }
+
+    /// Runs `path -i -f FROM -- TO` with the message on its stdin, killed
+    /// if it has not finished within the timeout.
+    fn send_sendmail(&self, message: &Message, to: &Address) -> Result<(), MailError> {
+        let path = &self.config.path;
+        let what = path.display().to_string();
+        let mut child = Command::new(path)
+            .args(["-i", "-f", self.from.email.as_ref(), "--", to.as_ref()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| fail(&what, err))?;
+        let deadline = Instant::now() + self.config.timeout;
+
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(&message.formatted()));
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(MailError(format!(
+                        "{what} did not finish within {:?}",
+                        self.config.timeout
+                    )));
+                }
+                Err(err) => return Err(fail(&what, err)),
+            }
+        };
+        if status.success() {
+            if let Some(Err(err)) = written {
+                return Err(fail(&what, err));
+            }
+            return Ok(());
+        }
+        let mut stderr = String::new();
+        if let Some(pipe) = child.stderr.take() {
+            let _ = pipe.take(512).read_to_string(&mut stderr);
+        }
+        Err(fail(&format!("{what} failed ({status})"), stderr.trim()))
+    }
+}
+
+/// A file that holds a credential: refused when group or others may read it.
+pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, MailError> {
+    let what = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|err| fail(&what, err))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(MailError(format!(
+            "{what} holds a password but is readable by others (mode {mode:o}): chmod 600 it"
+        )));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|err| fail(&what, err))?);
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail<'a>(user: &'a str, host: &'a str, rhost: Option<&'a str>) -> CodeMail<'a> {
+        CodeMail {
+            user,
+            host,
+            code: "01234567",
+            purpose: Purpose::Login {
+                service: "sshd",
+                rhost,
+            },
+            sent: 1_800_000_000,
+            expires: 1_800_000_600,
+        }
+    }
+
+    #[test]
+    fn masking() {
+        assert_eq!(mask("alice@example.org"), "a****@example.org");
+        assert_eq!(mask("a@b.c"), "a****@b.c");
+        assert_eq!(mask("\"odd@local\"@example.org"), "\"****@example.org");
+        assert_eq!(mask("élodie@exemple.fr"), "é****@exemple.fr");
+        assert_eq!(mask("nonsense"), "****");
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(check_address("alice@example.org").is_ok());
+        for bad in [
+            "alice",
+            "alice@example.org\r\nBcc: evil@example.net",
+            "alice@example.org\nX: y",
+            "<alice@example.org>",
+            "alice@exa mple.org",
+            &format!("{}@example.org", "a".repeat(250)),
+        ] {
+            assert!(check_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_mail_says_what_and_when_and_holds_no_link() {
+        let mail = mail("alice", "web-3", Some("192.0.2.7"));
+        assert_eq!(mail.subject(), "SmartSign code for alice on web-3");
+        let body = mail.body();
+        assert!(body.contains("Your SmartSign code is: 01234567"), "{body}");
+        assert!(body.contains("through sshd, from 192.0.2.7"), "{body}");
+        assert!(
+            body.contains("Expires:   2027-01-15 08:10:00 UTC (in 10 minutes)"),
+            "{body}"
+        );
+        assert!(body.contains("If this was not you"));
+        assert!(!body.contains("http"), "no links");
+    }
+
+    /// Nothing from a client can add a header: not through the subject
+    /// (user, host), not through the body (service, rhost).
+    #[test]
+    fn no_header_injection_from_any_field() {
+        let hostile = "x\r\nBcc: evil@example.net\r\n\r\nbody";
+        let mail = mail(hostile, hostile, Some(hostile));
+        let to: Address = "alice@example.org".parse().unwrap();
+        let message = Message::builder()
+            .from("SmartSign <ss@example.org>".parse().unwrap())
+            .to(Mailbox::new(None, to))
+            .subject(mail.subject())
+            .date_now()
+            .message_id(None)
+            .header(ContentType::TEXT_PLAIN)
+            .body(mail.body())
+            .unwrap();
+        let text = String::from_utf8(message.formatted()).unwrap();
+        let (headers, _) = text.split_once("\r\n\r\n").unwrap();
+        assert!(!headers.lines().any(|l| l.starts_with("Bcc")), "{headers}");
+        for line in headers.lines() {
+            assert!(
+                [
+                    "From:",
+                    "To:",
+                    "Subject:",
+                    "Date:",
+                    "Message-ID:",
+                    "Content-Type:",
+                    "Content-Transfer-Encoding:",
+                    " ",
+                    "\t"
+                ]
+                .iter()
+                .any(|h| line.starts_with(h)),
+                "unexpected header line {line:?}"
+            );
+        }
+        assert!(!mail.body().contains('\r'));
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        let dir = std::env::temp_dir().join(format!("smartsign-mail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "hunter2\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret_file(&file).unwrap_err();
+        assert!(
+            err.to_string().contains("readable by others (mode 644)"),
+            "{err}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret_file(&file).unwrap().as_str(), "hunter2");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
