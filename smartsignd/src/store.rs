@@ -106,6 +106,21 @@ pub trait Store: Send + Sync {
     fn locked_until(&self, user: &str, now: u64) -> StoreResult<Option<u64>>;
     /// Lifts a lockout and forgets the failures counted so far.
     fn unlock(&self, user: &str) -> StoreResult<()>;
+
+    /// The account's confirmed address.
+    fn email(&self, user: &str) -> StoreResult<Option<String>>;
+    fn set_email(&self, user: &str, address: &str, now: u64) -> StoreResult<()>;
+    fn remove_email(&self, user: &str) -> StoreResult<bool>;
+    /// Stores a code, replacing any earlier one of that purpose.
+    fn put_email_code(&self, user: &str, purpose: CodePurpose, code: &EmailCode)
+    -> StoreResult<()>;
+    fn email_code(&self, user: &str, purpose: CodePurpose) -> StoreResult<Option<EmailCode>>;
+    /// Deletes the code if it is still `code`; `false` if another request
+    /// used or replaced it first.
+    fn take_email_code(&self, user: &str, purpose: CodePurpose, code: &str) -> StoreResult<bool>;
+    /// Counts a mail sent to `user` and returns how many went out since `since`.
+    fn mails_since(&self, user: &str, since: u64) -> StoreResult<u32>;
+    fn record_mail(&self, user: &str, now: u64) -> StoreResult<()>;
 }
 
 /// Each entry moves the schema one version up; never edit a shipped one.
@@ -126,7 +141,43 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX failures_by_user ON failures (user, at);
     CREATE TABLE lockouts (user TEXT PRIMARY KEY, until INTEGER NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: email addresses, emailed codes and the mails sent.
+    "CREATE TABLE emails (user TEXT PRIMARY KEY, address TEXT NOT NULL, since INTEGER NOT NULL);
+    CREATE TABLE email_codes (
+        user TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        code TEXT NOT NULL,
+        address TEXT NOT NULL,
+        expires INTEGER NOT NULL,
+        PRIMARY KEY (user, purpose)
+    );
+    CREATE TABLE mails_sent (user TEXT NOT NULL, at INTEGER NOT NULL);
+    CREATE INDEX mails_sent_by_user ON mails_sent (user, at);",
 ];
+
+/// What an emailed code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePurpose {
+    Login,
+    /// Proves a new address before it becomes the account's.
+    ConfirmAddress,
+}
+
+impl CodePurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            CodePurpose::Login => "login",
+            CodePurpose::ConfirmAddress => "confirm",
+        }
+    }
+}
+
+/// A code waiting in a mailbox. Not `Debug`: it carries the code.
+pub struct EmailCode {
+    pub code: Zeroizing<String>,
+    pub address: String,
+    pub expires: u64,
+}
 
 pub struct SqliteStore {
     db: Mutex<Connection>,
@@ -424,6 +475,108 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(())
     }
+
+    fn email(&self, user: &str) -> StoreResult<Option<String>> {
+        let db = self.lock()?;
+        Ok(db
+            .query_row(
+                "SELECT address FROM emails WHERE user = ?1",
+                [user],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn set_email(&self, user: &str, address: &str, now: u64) -> StoreResult<()> {
+        self.lock()?.execute(
+            "INSERT INTO emails (user, address, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user) DO UPDATE SET address = excluded.address, since = excluded.since",
+            params![user, address, now as i64],
+        )?;
+        Ok(())
+    }
+
+    fn remove_email(&self, user: &str) -> StoreResult<bool> {
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        let removed = tx.execute("DELETE FROM emails WHERE user = ?1", [user])?;
+        tx.execute("DELETE FROM email_codes WHERE user = ?1", [user])?;
+        tx.commit()?;
+        Ok(removed == 1)
+    }
+
+    fn put_email_code(
+        &self,
+        user: &str,
+        purpose: CodePurpose,
+        code: &EmailCode,
+    ) -> StoreResult<()> {
+        self.lock()?.execute(
+            "INSERT INTO email_codes (user, purpose, code, address, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (user, purpose) DO UPDATE SET code = excluded.code,
+                 address = excluded.address, expires = excluded.expires",
+            params![
+                user,
+                purpose.as_str(),
+                code.code.as_str(),
+                code.address,
+                code.expires as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn email_code(&self, user: &str, purpose: CodePurpose) -> StoreResult<Option<EmailCode>> {
+        let db = self.lock()?;
+        Ok(db
+            .query_row(
+                "SELECT code, address, expires FROM email_codes WHERE user = ?1 AND purpose = ?2",
+                params![user, purpose.as_str()],
+                |row| {
+                    Ok(EmailCode {
+                        code: Zeroizing::new(row.get(0)?),
+                        address: row.get(1)?,
+                        expires: row.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn take_email_code(&self, user: &str, purpose: CodePurpose, code: &str) -> StoreResult<bool> {
+        let changed = self.lock()?.execute(
+            "DELETE FROM email_codes WHERE user = ?1 AND purpose = ?2 AND code = ?3",
+            params![user, purpose.as_str(), code],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn mails_since(&self, user: &str, since: u64) -> StoreResult<u32> {
+        let db = self.lock()?;
+        let count: i64 = db.query_row(
+            "SELECT count(*) FROM mails_sent WHERE user = ?1 AND at > ?2",
+            params![user, since as i64],
+            |row| row.get(0),
+        )?;
+        Ok(count as u32)
+    }
+
+    fn record_mail(&self, user: &str, now: u64) -> StoreResult<()> {
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        // A day of history is all any limit looks at.
+        tx.execute(
+            "DELETE FROM mails_sent WHERE at < ?1",
+            [now.saturating_sub(86_400) as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO mails_sent (user, at) VALUES (?1, ?2)",
+            params![user, now as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -452,7 +605,7 @@ mod tests {
         drop(store);
         // Reopening migrates nothing and keeps the data.
         let store = SqliteStore::open(&dir).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -465,13 +618,7 @@ mod tests {
         drop(db);
         let err = SqliteStore::open(&dir).err().unwrap();
         assert!(
-            matches!(
-                err,
-                StoreError::NewerSchema {
-                    found: 99,
-                    known: 1
-                }
-            ),
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -632,5 +779,74 @@ mod tests {
         assert!(id_file.exists());
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&other);
+    }
+
+    /// A store of schema 1 (the first release) opens under this build with
+    /// its phones intact and the newer tables added.
+    #[test]
+    fn version_1_stores_migrate() {
+        let dir = temp_state("migrate");
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Connection::open(dir.join(SqliteStore::FILE)).unwrap();
+        db.execute_batch(MIGRATIONS[0]).unwrap();
+        db.pragma_update(None, "user_version", 1).unwrap();
+        db.execute(
+            "INSERT INTO phones (user, name, secret, confirmed, created) VALUES ('alice', 'P', 'S', 1, 5)",
+            [],
+        )
+        .unwrap();
+        drop(db);
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.phones("alice").unwrap().len(), 1);
+        assert_eq!(store.email("alice").unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn email_codes_are_replaced_and_taken_once() {
+        let dir = temp_state("email");
+        let store = SqliteStore::open(&dir).unwrap();
+        let code = |c: &str| EmailCode {
+            code: Zeroizing::new(c.into()),
+            address: "a@b.c".into(),
+            expires: 99,
+        };
+        store
+            .put_email_code("alice", CodePurpose::Login, &code("11111111"))
+            .unwrap();
+        store
+            .put_email_code("alice", CodePurpose::Login, &code("22222222"))
+            .unwrap();
+        assert!(
+            !store
+                .take_email_code("alice", CodePurpose::Login, "11111111")
+                .unwrap()
+        );
+        assert!(
+            !store
+                .take_email_code("alice", CodePurpose::ConfirmAddress, "22222222")
+                .unwrap()
+        );
+        assert!(
+            store
+                .take_email_code("alice", CodePurpose::Login, "22222222")
+                .unwrap()
+        );
+        assert!(
+            !store
+                .take_email_code("alice", CodePurpose::Login, "22222222")
+                .unwrap()
+        );
+
+        store.record_mail("alice", 1000).unwrap();
+        store.record_mail("alice", 2000).unwrap();
+        assert_eq!(store.mails_since("alice", 1500).unwrap(), 1);
+        assert_eq!(store.mails_since("bob", 0).unwrap(), 0);
+        store.set_email("alice", "a@b.c", 1).unwrap();
+        assert_eq!(store.email("alice").unwrap().as_deref(), Some("a@b.c"));
+        assert!(store.remove_email("alice").unwrap());
+        assert!(!store.remove_email("alice").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
