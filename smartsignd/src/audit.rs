@@ -67,7 +67,8 @@ pub struct AuditEvent {
 
 impl std::fmt::Display for AuditEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let field = |value: Option<&str>| value.map_or_else(|| "-".to_owned(), quote);
+        let field = |value: Option<&str>| value.map_or_else(|| "-".to_owned(), |v| quote(&clip(v)));
+        let quote = |value: &str| quote(&clip(value));
         write!(
             f,
             "user={} service={} rhost={} tty={} method={} phone={} result={} reason={}",
@@ -90,7 +91,8 @@ impl std::fmt::Display for AuditEvent {
 /// A plain word stays as it is; anything else is quoted and escaped.
 fn quote(value: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "._-@:/+[]".contains(c);
-    if !value.is_empty() && value.chars().all(plain) {
+    // A bare "-" means "none" in these lines; a value that is "-" is quoted.
+    if !value.is_empty() && value != "-" && value.chars().all(plain) {
         return value.to_owned();
     }
     let mut out = String::with_capacity(value.len() + 2);
@@ -117,11 +119,44 @@ pub fn sanitize(text: &str) -> String {
     out
 }
 
-/// Characters that change how a line reads without showing themselves.
+/// Characters that change how a line reads without showing themselves:
+/// controls, format characters (bidi marks, zero-width and soft hyphens,
+/// tags), fillers that render as blanks, variation selectors.
 pub fn is_invisible(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{061c}'
+                | '\u{115f}'
+                | '\u{1160}'
+                | '\u{17b4}'
+                | '\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
+                | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e0fff}'
+        )
 }
+
+/// At most `MAX_LOGGED` characters of `text`, saying how much was cut.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_LOGGED) {
+        Some((cut, _)) => format!("{}...[{} more bytes]", &text[..cut], text.len() - cut),
+        None => text.to_owned(),
+    }
+}
+
+/// The most characters of one client-supplied value in a log line.
+pub const MAX_LOGGED: usize = 256;
 
 fn push_visible(out: &mut String, c: char) {
     if c.is_ascii_control() {
@@ -167,7 +202,7 @@ impl AuditSink for Syslog {
             unsafe { libc::syslog(libc::LOG_AUTHPRIV | level, c"%s".as_ptr(), text.as_ptr()) };
         }
         if self.stderr {
-            eprintln!("smartsignd: {line}");
+            crate::say!("{line}");
         }
     }
 }
@@ -238,5 +273,27 @@ mod tests {
             "{line}"
         );
         assert_eq!(sanitize("a\nb\u{202e}c"), "a\\x0ab\\u{202e}c");
+        for hidden in [
+            '\u{061c}',
+            '\u{00ad}',
+            '\u{180e}',
+            '\u{3164}',
+            '\u{e0041}',
+            '\u{fe0f}',
+        ] {
+            assert!(is_invisible(hidden), "{hidden:?}");
+        }
+        assert!(!is_invisible('é') && !is_invisible('日'));
+    }
+
+    #[test]
+    fn a_dash_value_is_not_none_and_long_values_are_clipped() {
+        let mut event = event();
+        event.phone = Some("-".into());
+        assert!(event.to_string().contains("phone=\"-\""));
+        let long = "x".repeat(1000);
+        assert_eq!(clip(&long).len(), MAX_LOGGED + "...[744 more bytes]".len());
+        event.reason = long;
+        assert!(event.to_string().len() < 600, "{}", event.to_string().len());
     }
 }

@@ -14,7 +14,7 @@ use smartsign_proto::{
     read_frame, write_frame,
 };
 
-use crate::audit::sanitize;
+use crate::audit::{clip, sanitize};
 use crate::service::Service;
 
 /// Connections served at once from uids other than root; more are answered
@@ -102,7 +102,7 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(err) if is_transient(&err) => {
-                eprintln!("smartsignd: accept: {err}");
+                crate::say!("accept: {err}");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -112,11 +112,11 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
         let uid = match getsockopt(&stream, PeerCredentials) {
             Ok(cred) => cred.uid(),
             Err(err) => {
-                eprintln!("smartsignd: cannot read the peer's credentials, dropping: {err}");
+                crate::say!("cannot read the peer's credentials, dropping: {err}");
                 continue;
             }
         };
-        let Some(slot) = Slots::take(&slots, uid) else {
+        let Some(slot) = Slots::take(&slots, bucket(uid), Instant::now()) else {
             busy(stream, uid);
             continue;
         };
@@ -128,15 +128,37 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
                 drop(slot);
             });
         if let Err(err) = spawned {
-            eprintln!("smartsignd: cannot start a thread: {err}");
+            crate::say!("cannot start a thread: {err}");
         }
     }
 }
 
-/// Counts the connections being served, in all and per uid.
+/// Uids with no account (the subordinate uids of user namespaces, which
+/// one user may hold thousands of) share one bucket of slots.
+const NO_ACCOUNT: u32 = u32::MAX;
+
+/// Whose share a connection counts against: root, a known account, or the
+/// common bucket of uids no account has.
+fn bucket(uid: u32) -> u32 {
+    if uid == 0 {
+        return 0;
+    }
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(_)) => uid,
+        _ => NO_ACCOUNT,
+    }
+}
+
+/// Connections one bucket other than root may open per [`RATE_WINDOW`].
+pub const MAX_PER_WINDOW: u32 = 100;
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Counts the connections being served, in all and per bucket, and the
+/// connections each bucket opened in the current window.
 #[derive(Default)]
 struct Slots {
     by_uid: Mutex<HashMap<u32, usize>>,
+    opened: Mutex<HashMap<u32, (Instant, u32)>>,
 }
 
 /// One connection's place; given back when dropped.
@@ -146,7 +168,10 @@ struct Slot {
 }
 
 impl Slots {
-    fn take(slots: &Arc<Slots>, uid: u32) -> Option<Slot> {
+    fn take(slots: &Arc<Slots>, uid: u32, now: Instant) -> Option<Slot> {
+        if uid != 0 && !slots.within_rate(uid, now) {
+            return None;
+        }
         let mut by_uid = slots.by_uid.lock().unwrap_or_else(PoisonError::into_inner);
         let total: usize = by_uid.values().sum();
         let others: usize = by_uid
@@ -168,6 +193,22 @@ impl Slots {
             slots: Arc::clone(slots),
             uid,
         })
+    }
+}
+
+impl Slots {
+    /// Counts a connection against `uid`'s window; `false` once it is spent.
+    fn within_rate(&self, uid: u32, now: Instant) -> bool {
+        let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        if opened.len() > 4096 {
+            opened.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+        }
+        let (start, count) = opened.entry(uid).or_insert((now, 0));
+        if now.duration_since(*start) >= RATE_WINDOW {
+            (*start, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= MAX_PER_WINDOW
     }
 }
 
@@ -203,7 +244,14 @@ fn is_transient(err: &io::Error) -> bool {
 }
 
 fn busy(mut stream: UnixStream, uid: u32) {
-    eprintln!("smartsignd: too many connections, turning one away from uid {uid}");
+    // One line a second at most, however hard a client pushes.
+    static LAST_LINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_LINE.swap(second, std::sync::atomic::Ordering::Relaxed) != second {
+        crate::say!("too many connections, turning some away (now from uid {uid})");
+    }
     // Take in what the client already sent, without waiting for more:
     // closing on unread bytes would reset the connection before the answer.
     let mut scratch = vec![0u8; MAX_FRAME + 4];
@@ -248,7 +296,7 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
             // It gave up waiting (its timeout passed while this daemon was
             // stopped or slow): acting now would spend its code, or count
             // a failure, for a login that has already ended.
-            eprintln!("smartsignd: uid {uid} left before its request was handled; dropped");
+            crate::say!("uid {uid} left before its request was handled; dropped");
             return;
         }
         Ok(frame) => {
@@ -260,20 +308,20 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
                 Ok(response) => response,
                 Err(_) => {
                     let summary = sanitize(&summary);
-                    eprintln!("smartsignd: internal error handling {summary} from uid {uid}");
+                    crate::say!("internal error handling {summary} from uid {uid}");
                     Response::error(ErrorKind::Internal, "internal error; see the daemon's log")
                 }
             }
         }
         Err(FrameError::Closed) => return,
         Err(FrameError::Timeout) => {
-            eprintln!("smartsignd: uid {uid} sent no complete request in time");
+            crate::say!("uid {uid} sent no complete request in time");
             return;
         }
         Err(err) => {
-            eprintln!(
-                "smartsignd: bad request from uid {uid}: {}",
-                sanitize(&err.to_string())
+            crate::say!(
+                "bad request from uid {uid}: {}",
+                clip(&sanitize(&err.to_string()))
             );
             let kind = match err {
                 FrameError::UnsupportedVersion(_) => ErrorKind::UnsupportedVersion,
@@ -287,7 +335,7 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
         response,
     };
     if let Err(err) = write_frame(&mut stream, &frame, deadline) {
-        eprintln!("smartsignd: answering uid {uid}: {err}");
+        crate::say!("answering uid {uid}: {err}");
     }
 }
 
@@ -298,28 +346,48 @@ mod tests {
     #[test]
     fn one_uid_cannot_take_every_slot_and_root_always_has_room() {
         let slots = Arc::new(Slots::default());
-        let mine: Vec<Slot> = (0..MAX_PER_UID)
-            .map(|_| Slots::take(&slots, 1000).unwrap())
-            .collect();
-        assert!(Slots::take(&slots, 1000).is_none());
-        assert!(Slots::take(&slots, 1001).is_some());
+        let now = Instant::now();
+        let take = |uid| Slots::take(&slots, uid, now);
+        let mine: Vec<Slot> = (0..MAX_PER_UID).map(|_| take(1000).unwrap()).collect();
+        assert!(take(1000).is_none());
+        assert!(take(1001).is_some());
 
         let crowd: Vec<Slot> = (0..MAX_USER_CONNECTIONS)
-            .filter_map(|i| Slots::take(&slots, 2000 + i as u32))
+            .filter_map(|i| take(2000 + i as u32))
             .collect();
-        assert!(
-            Slots::take(&slots, 5000).is_none(),
-            "other uids are capped in all"
-        );
-        let root: Vec<Slot> = (0..10).map(|_| Slots::take(&slots, 0).unwrap()).collect();
+        assert!(take(5000).is_none(), "other uids are capped in all");
+        let root: Vec<Slot> = (0..10).map(|_| take(0).unwrap()).collect();
 
         drop(mine);
-        assert!(
-            Slots::take(&slots, 1000).is_some(),
-            "slots come back when dropped"
-        );
+        assert!(take(1000).is_some(), "slots come back when dropped");
         drop(crowd);
         drop(root);
         assert!(slots.by_uid.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_uid_opens_a_bounded_number_per_window() {
+        let slots = Arc::new(Slots::default());
+        let now = Instant::now();
+        for _ in 0..MAX_PER_WINDOW {
+            drop(Slots::take(&slots, 1000, now).unwrap());
+        }
+        assert!(Slots::take(&slots, 1000, now).is_none());
+        assert!(
+            Slots::take(&slots, 0, now).is_some(),
+            "root is not rate limited"
+        );
+        assert!(Slots::take(&slots, 1001, now).is_some());
+        assert!(
+            Slots::take(&slots, 1000, now + RATE_WINDOW).is_some(),
+            "a new window"
+        );
+    }
+
+    #[test]
+    fn uids_without_an_account_share_one_bucket() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(4_000_000_001), NO_ACCOUNT);
+        assert_eq!(bucket(4_000_000_002), NO_ACCOUNT);
     }
 }

@@ -62,12 +62,11 @@ pub struct Service {
     pub clock: Clock,
     /// For the account name in otpauth URIs (`alice@web-3`).
     pub hostname: String,
-    /// Serializes verification per account (striped by name): checking
-    /// the lockout, the code and counting a failure is then one step.
-    verifying: [Mutex<()>; VERIFY_STRIPES],
+    /// Requests on one account run one at a time (striped by name).
+    accounts_busy: [Mutex<()>; ACCOUNT_STRIPES],
 }
 
-const VERIFY_STRIPES: usize = 64;
+const ACCOUNT_STRIPES: usize = 64;
 
 /// A failed request: the answer, and what the audit line says.
 struct Refusal {
@@ -86,7 +85,7 @@ impl Refusal {
 
 impl From<StoreError> for Refusal {
     fn from(err: StoreError) -> Self {
-        eprintln!("smartsignd: {err}");
+        crate::say!("{err}");
         Refusal {
             response: Response::error(
                 ErrorKind::Internal,
@@ -113,7 +112,7 @@ impl Service {
             accounts,
             clock,
             hostname,
-            verifying: std::array::from_fn(|_| Mutex::new(())),
+            accounts_busy: std::array::from_fn(|_| Mutex::new(())),
         }
     }
 
@@ -162,8 +161,12 @@ impl Service {
         refusal.response
     }
 
-    /// Carries out an authorized request on `user`, the account's canonical name.
+    /// Carries out an authorized request on `user`, the account's canonical
+    /// name. One request at a time per account: a check and the change it
+    /// allows (the lockout and the failure it counts, the proof for a phone
+    /// and adding it) cannot be split by a concurrent request.
     fn dispatch(&self, peer_uid: u32, user: String, request: Request) -> Result<Response, Refusal> {
+        let _one_at_a_time = self.account_lock(&user);
         match request {
             Request::Begin { login } => self.begin(peer_uid, &LoginContext { user, ..login }),
             Request::VerifyCode { login, code } => {
@@ -249,11 +252,11 @@ impl Service {
         })
     }
 
-    fn verify_lock(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
+    fn account_lock(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
-        let stripe = &self.verifying[hash as usize % VERIFY_STRIPES];
+        let stripe = &self.accounts_busy[hash as usize % ACCOUNT_STRIPES];
         stripe.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -351,9 +354,6 @@ impl Service {
         login: &LoginContext,
         code: &Secret,
     ) -> Result<Response, Refusal> {
-        // Concurrent wrong guesses must not slip in between the lockout
-        // check and the count.
-        let _one_at_a_time = self.verify_lock(&login.user);
         let now = (self.clock)();
         let phones = match self.phones_to_ask(peer_uid, login, Method::AppCode)? {
             Ok(phones) => phones,
@@ -370,7 +370,9 @@ impl Service {
                 match totp::check(&phone.secret, &code, now, skew, phone.last_step) {
                     CodeMatch::Fresh(step) => {
                         if self.store.claim_step(phone.id, step, now)? {
-                            self.store.clear_failures(&login.user)?;
+                            if let Err(err) = self.store.clear_failures(&login.user) {
+                                crate::say!("clearing failures of {}: {err}", login.user);
+                            }
                             self.audit_login(
                                 login,
                                 peer_uid,
@@ -393,32 +395,43 @@ impl Service {
             reason
         };
 
+        self.refuse_code(peer_uid, login, reason, now)
+    }
+
+    /// A code that does not let the login in. It is refused even when the
+    /// failure cannot be counted (a full disk must not turn a wrong code
+    /// into an answer the fail mode might let through).
+    fn refuse_code(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        reason: DenyReason,
+        now: u64,
+    ) -> Result<Response, Refusal> {
         let lockout = &self.config.lockout;
-        match self
-            .store
-            .record_failure(&login.user, now, lockout.window, lockout.max_failures)?
-        {
-            Some(until) => {
-                let why = format!(
+        let counted =
+            self.store
+                .record_failure(&login.user, now, lockout.window, lockout.max_failures);
+        let (answer, why) = match counted {
+            Ok(Some(until)) => (
+                Response::LockedOut { until },
+                format!(
                     "{}; locked out after {} failures",
                     reason.describe(),
                     lockout.max_failures
-                );
-                self.audit_login(login, peer_uid, Method::AppCode, None, Outcome::Deny, &why);
-                Ok(Response::LockedOut { until })
+                ),
+            ),
+            Ok(None) => (Response::Deny { reason }, reason.describe().to_owned()),
+            Err(err) => {
+                crate::say!("counting a failure for {}: {err}", login.user);
+                (
+                    Response::Deny { reason },
+                    format!("{}; not counted: {err}", reason.describe()),
+                )
             }
-            None => {
-                self.audit_login(
-                    login,
-                    peer_uid,
-                    Method::AppCode,
-                    None,
-                    Outcome::Deny,
-                    reason.describe(),
-                );
-                Ok(Response::Deny { reason })
-            }
-        }
+        };
+        self.audit_login(login, peer_uid, Method::AppCode, None, Outcome::Deny, &why);
+        Ok(answer)
     }
 
     fn status(&self, user: &str) -> Result<Response, Refusal> {
@@ -519,7 +532,23 @@ impl Service {
             CodeMatch::Fresh(step)
                 if self.store.confirm_phone(phone.id, &phone.secret, step)? =>
             {
+                // Phones left pending before the account's first confirmed
+                // one were added without proof; once the account has a
+                // second factor, they could add another without one.
+                let first = !phones.iter().any(|p| p.confirmed);
+                if first {
+                    for stale in phones.iter().filter(|p| !p.confirmed && p.id != phone.id) {
+                        self.store.remove_phone(user, &stale.name)?;
+                        self.audit_manage(
+                            peer_uid,
+                            user,
+                            Some(&stale.name),
+                            "pending phone dropped: added before the first phone, without proof",
+                        );
+                    }
+                }
                 self.audit_manage(peer_uid, user, Some(name), "phone confirmed");
+                self.flush();
                 Ok(Response::Done)
             }
             _ => Err(Refusal {
@@ -567,13 +596,23 @@ impl Service {
             ));
         }
         self.audit_manage(peer_uid, user, Some(name), "phone removed");
+        self.flush();
         Ok(Response::Done)
     }
 
     fn unlock(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {
         self.store.unlock(user)?;
         self.audit_manage(peer_uid, user, None, "unlocked by root");
+        self.flush();
         Ok(Response::Done)
+    }
+
+    /// Writes a change to an account through to the main store file, so
+    /// that a copy of that file alone holds every enrollment.
+    fn flush(&self) {
+        if let Err(err) = self.store.flush() {
+            crate::say!("writing the store out: {err}");
+        }
     }
 
     fn audit(&self, event: AuditEvent) {
@@ -646,24 +685,20 @@ fn check_phone_name(name: &str) -> Result<(), Refusal> {
 }
 
 /// Service, remote host and tty are free text from the PAM application;
-/// bound them so that they fit an audit line.
+/// bound them to what real ones look like, so that they fit an audit line.
 fn check_login_fields(login: &LoginContext) -> Result<(), Refusal> {
     let fields = [
-        Some(&login.service),
-        login.rhost.as_ref(),
-        login.tty.as_ref(),
+        ("service", Some(&login.service), 64),
+        ("rhost", login.rhost.as_ref(), 255),
+        ("tty", login.tty.as_ref(), 64),
     ];
-    for value in fields.into_iter().flatten() {
-        if value.len() > 1024 || value.contains('\0') {
+    for (name, value, max) in fields {
+        let Some(value) = value else { continue };
+        if value.len() > max || value.chars().any(crate::audit::is_invisible) {
+            let why = format!("{name} is over {max} bytes or holds control characters");
             return Err(Refusal {
-                response: Response::error(
-                    ErrorKind::BadRequest,
-                    "over-long or NUL-bearing login field",
-                ),
-                audit: Some((
-                    Outcome::Refused,
-                    "over-long or NUL-bearing login field".into(),
-                )),
+                response: Response::error(ErrorKind::BadRequest, why.clone()),
+                audit: Some((Outcome::Refused, why)),
             });
         }
     }

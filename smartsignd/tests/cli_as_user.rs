@@ -69,6 +69,21 @@ fn a_user_enrolls_their_own_phone_and_cannot_touch_anyone_else() {
         &["phone", "add", "Phone B", "--json", "--code", &next],
     );
     assert!(out.status.success(), "{}", text(&out));
+    // A code can come on standard input ("-"), out of other users' sight in ps.
+    let phone_b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b_code = oathtool(phone_b["secret"].as_str().unwrap(), "now");
+    let mut confirm = as_uid(alice.uid(), SMARTSIGN)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["phone", "confirm", "Phone B", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code_line = format!("{b_code}\n");
+    std::io::Write::write_all(&mut confirm.stdin.take().unwrap(), code_line.as_bytes()).unwrap();
+    let out = confirm.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
 
     // Bob's account is out of her reach, whatever she asks; the daemon
     // refuses (exit 4) and logs it.

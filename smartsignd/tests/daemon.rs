@@ -202,7 +202,7 @@ fn a_user_hoarding_connections_does_not_block_root() {
     assert!(
         daemon
             .log()
-            .contains("too many connections, turning one away from uid")
+            .contains("too many connections, turning some away")
     );
     let _ = hoarder.kill();
     let _ = hoarder.wait();

@@ -58,13 +58,18 @@ enum PhoneCommand {
         /// confirm afterwards with `smartsign phone confirm`.
         #[arg(long)]
         json: bool,
-        /// When the account already has a phone: a current code from it.
-        /// Asked for at a prompt when missing (not with --json).
+        /// When the account already has a phone: a current code from it
+        /// (`-` reads it from standard input). Asked for at a prompt when
+        /// missing (not with --json).
         #[arg(long, value_name = "CODE")]
         code: Option<String>,
     },
     /// Confirm a pending phone with the code its app shows now.
-    Confirm { name: String, code: String },
+    Confirm {
+        name: String,
+        /// The code, or `-` to read it from standard input (kept out of `ps`).
+        code: String,
+    },
     /// Enrolled and pending phones.
     List {
         /// Print as JSON.
@@ -74,7 +79,8 @@ enum PhoneCommand {
     /// Remove a phone; its codes stop working at once.
     Remove {
         name: String,
-        /// A current code from one of the account's phones (asked for when missing).
+        /// A current code from one of the account's phones (asked for when
+        /// missing; `-` reads it from standard input).
         #[arg(long, value_name = "CODE")]
         code: Option<String>,
     },
@@ -127,19 +133,26 @@ fn main() -> ExitCode {
             name,
             json: true,
             code,
-        }) => app.add_json(name, code.map(Secret::new)),
+        }) => code
+            .map(code_arg)
+            .transpose()
+            .and_then(|code| app.add_json(name, code)),
         Command::Phone(PhoneCommand::Add {
             name,
             json: false,
             code,
-        }) => app.add_interactive(name, code.map(Secret::new)),
+        }) => code
+            .map(code_arg)
+            .transpose()
+            .and_then(|code| app.add_interactive(name, code)),
         Command::Phone(PhoneCommand::Confirm { name, code }) => {
-            app.confirm(name, code.as_str().into())
+            code_arg(code).and_then(|code| app.confirm(name, code))
         }
         Command::Phone(PhoneCommand::List { json }) => app.list(json),
-        Command::Phone(PhoneCommand::Remove { name, code }) => {
-            app.remove(name, code.map(Secret::new))
-        }
+        Command::Phone(PhoneCommand::Remove { name, code }) => code
+            .map(code_arg)
+            .transpose()
+            .and_then(|code| app.remove(name, code)),
         Command::Unlock => app.unlock(),
     };
     match outcome {
@@ -324,6 +337,16 @@ impl App {
             }
             other => Err(unexpected(&other)),
         }
+    }
+}
+
+/// A code from the command line; `-` reads it from standard input, where
+/// other users cannot see it as they can see arguments.
+fn code_arg(text: String) -> Result<Secret, Failure> {
+    if text == "-" {
+        prompt("")
+    } else {
+        Ok(Secret::new(text))
     }
 }
 

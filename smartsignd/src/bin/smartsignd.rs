@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("smartsignd: configuration error: {err}");
+            smartsignd::say!("configuration error: {err}");
             return ExitCode::from(2);
         }
     };
@@ -51,8 +51,8 @@ fn main() -> ExitCode {
     let store = match SqliteStore::open(&config.state_dir) {
         Ok(store) => store,
         Err(err) => {
-            eprintln!(
-                "smartsignd: cannot open the store in {}: {err}",
+            smartsignd::say!(
+                "cannot open the store in {}: {err}",
                 config.state_dir.display()
             );
             return ExitCode::FAILURE;
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     let listener = match server::bind(&config.socket) {
         Ok(listener) => listener,
         Err(err) => {
-            eprintln!("smartsignd: {err}");
+            smartsignd::say!("{err}");
             return ExitCode::FAILURE;
         }
     };
@@ -70,8 +70,8 @@ fn main() -> ExitCode {
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
 
-    eprintln!(
-        "smartsignd: listening on {}, state in {}",
+    smartsignd::say!(
+        "listening on {}, state in {}",
         config.socket.display(),
         config.state_dir.join(SqliteStore::FILE).display()
     );
@@ -86,11 +86,11 @@ fn main() -> ExitCode {
     let socket = service.config.socket.clone();
     let service = Arc::new(service);
     if let Err(err) = handle_signals(socket, Arc::clone(&service)) {
-        eprintln!("smartsignd: cannot set up signal handling: {err}");
+        smartsignd::say!("cannot set up signal handling: {err}");
         return ExitCode::FAILURE;
     }
     let err = server::serve(listener, service);
-    eprintln!("smartsignd: stopped: {err}");
+    smartsignd::say!("stopped: {err}");
     ExitCode::FAILURE
 }
 
@@ -112,18 +112,18 @@ fn handle_signals(socket: PathBuf, service: Arc<Service>) -> nix::Result<()> {
         .spawn(move || {
             loop {
                 match set.wait() {
-                    Ok(Signal::SIGHUP) => eprintln!(
-                        "smartsignd: SIGHUP ignored: restart smartsignd to apply configuration changes"
+                    Ok(Signal::SIGHUP) => smartsignd::say!(
+                        "SIGHUP ignored: restart smartsignd to apply configuration changes"
                     ),
                     Ok(signal) => {
-                        eprintln!("smartsignd: stopping on {signal}");
+                        smartsignd::say!("stopping on {signal}");
                         let _ = std::fs::remove_file(&socket);
                         if let Err(err) = service.store.flush() {
-                            eprintln!("smartsignd: writing out the store: {err}");
+                            smartsignd::say!("writing out the store: {err}");
                         }
                         std::process::exit(0);
                     }
-                    Err(err) => eprintln!("smartsignd: waiting for signals: {err}"),
+                    Err(err) => smartsignd::say!("waiting for signals: {err}"),
                 }
             }
         })

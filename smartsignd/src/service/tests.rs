@@ -975,3 +975,72 @@ fn concurrent_wrong_codes_cannot_outrun_the_lockout() {
         .count();
     assert_eq!(guesses, 3, "{:?}", f.lines());
 }
+
+/// A phone left pending while the account had none must not become a
+/// second factor once the user has enrolled a real one: that pending phone
+/// was added without any proof.
+#[test]
+fn phones_pending_from_before_the_first_enrollment_are_dropped() {
+    let f = Fixture::new("stale-pending");
+    let Response::PhoneCreated(evil) = add_as(&f, ALICE, "evil", None) else {
+        panic!()
+    };
+    f.enroll("alice", "Pixel");
+    let code = code_at(evil.secret.expose(), f.time());
+    let confirm = f.service.handle(
+        ALICE,
+        Request::PhoneConfirm {
+            user: None,
+            name: "evil".into(),
+            code: code.as_str().into(),
+        },
+    );
+    assert!(
+        matches!(
+            confirm,
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ),
+        "{confirm:?}"
+    );
+    assert!(
+        f.lines()
+            .iter()
+            .any(|l| l.contains("pending phone dropped")),
+        "{:?}",
+        f.lines()
+    );
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+}
+
+/// A wrong code stays a denial when the failure cannot be written down (a
+/// full disk, a locked file): never an error that failmode=safe lets pass.
+#[test]
+fn a_wrong_code_is_denied_even_when_the_store_cannot_count_it() {
+    let f = Fixture::new("store-busy");
+    let secret = f.enroll("alice", "Pixel");
+    let other = rusqlite::Connection::open(f.dir.join(SqliteStore::FILE)).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let answer = f.verify("alice", "000000");
+    assert_eq!(
+        answer,
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+    assert!(f.last_line().contains("not counted"), "{}", f.last_line());
+    other.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        f.verify("alice", &code_at(&secret, f.time())),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+}
