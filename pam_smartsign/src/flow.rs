@@ -58,10 +58,10 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         tty: pam.tty(),
     };
 
-    let phones = match daemon.call(Request::Begin {
+    let (phones, mut email) = match daemon.call(Request::Begin {
         login: login.clone(),
     }) {
-        Ok(Response::Challenge { phones }) => phones,
+        Ok(Response::Challenge { phones, email }) => (phones, email),
         Ok(Response::NotEnrolled) => {
             if args.debug {
                 pam.log(
@@ -82,40 +82,96 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         );
     }
 
-    let prompt = format!("SmartSign code for {}: ", printable(&login.user));
-    let code = match pam.prompt_hidden(&prompt) {
-        Ok(Some(code)) => code,
+    // Everything the user must know before answering is in the prompt
+    // itself: sshd shows info messages only along with the next prompt.
+    let user = printable(&login.user);
+    let mut prompt = match &email {
+        Some(to) => format!("SmartSign code for {user} (or 1 to email a code to {to}): "),
+        None => format!("SmartSign code for {user}: "),
+    };
+    // The first answer may ask for an email; the next one is a code.
+    for _ in 0..2 {
+        let answer = match ask(pam, &prompt) {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        if email.is_none() || answer.expose().trim() != "1" {
+            return verify(pam, daemon, args, login, answer, now);
+        }
+        email = None;
+        match daemon.call(Request::SendEmailCode {
+            login: login.clone(),
+        }) {
+            Ok(Response::EmailSent { to, .. }) => {
+                prompt = format!("Code from the email to {to} (or from your phone): ");
+            }
+            Ok(Response::Error {
+                kind: ErrorKind::MailFailed | ErrorKind::TooMany,
+                message,
+            }) => {
+                pam.log(
+                    Priority::Warning,
+                    &format!("no code was emailed: {message}"),
+                );
+                pam.error(&format!(
+                    "SmartSign could not email a code: {message}. Type the code from your phone."
+                ));
+                prompt = format!("SmartSign code for {user}: ");
+            }
+            Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
+            Ok(other) => return odd_answer(pam, args, &other),
+            Err(err) => return unavailable(pam, args, &err.to_string()),
+        }
+    }
+    let answer = match ask(pam, &prompt) {
+        Ok(answer) => answer,
+        Err(outcome) => return outcome,
+    };
+    verify(pam, daemon, args, login, answer, now)
+}
+
+/// One hidden prompt; an answer too long to be a code is refused here.
+fn ask(pam: &mut dyn Pam, prompt: &str) -> Result<Secret, Outcome> {
+    let answer = match pam.prompt_hidden(prompt) {
+        Ok(Some(answer)) => answer,
         Ok(None) => {
             pam.log(
                 Priority::Info,
                 "the application returned no answer to the code prompt",
             );
-            return Outcome::AuthErr;
+            return Err(Outcome::AuthErr);
         }
         Err(outcome) => {
             pam.log(
                 Priority::Warning,
                 "the conversation failed at the code prompt",
             );
-            return outcome;
+            return Err(outcome);
         }
     };
-    if code.expose().len() > MAX_ANSWER {
+    if answer.expose().len() > MAX_ANSWER {
         pam.log(
             Priority::Warning,
             &format!("refused an answer of over {MAX_ANSWER} bytes"),
         );
         pam.error("SmartSign: that is not a code.");
-        return Outcome::AuthErr;
+        return Err(Outcome::AuthErr);
     }
+    Ok(answer)
+}
 
+fn verify(
+    pam: &mut dyn Pam,
+    daemon: &dyn Daemon,
+    args: &Args,
+    login: LoginContext,
+    code: Secret,
+    now: u64,
+) -> Outcome {
     match daemon.call(Request::VerifyCode { login, code }) {
         Ok(Response::Allow { phone }) => {
             if args.debug {
-                pam.log(
-                    Priority::Debug,
-                    &format!("code accepted from phone {phone:?}"),
-                );
+                pam.log(Priority::Debug, &format!("code accepted from {phone:?}"));
             }
             Outcome::Success
         }
@@ -298,6 +354,7 @@ mod tests {
     fn challenge() -> Result<Response, ClientError> {
         Ok(Response::Challenge {
             phones: vec!["Pixel 8".into()],
+            email: None,
         })
     }
 
@@ -545,5 +602,90 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(3));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn challenge_with_email() -> Result<Response, ClientError> {
+        Ok(Response::Challenge {
+            phones: vec!["Pixel 8".into()],
+            email: Some("a****@example.org".into()),
+        })
+    }
+
+    #[test]
+    fn the_email_option_is_in_the_prompt_and_its_code_is_asked_next() {
+        let mut pam = ScriptedPam::alice(&["1", "01234567"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_with_email()),
+            (
+                "send_email_code",
+                Ok(Response::EmailSent {
+                    to: "a****@example.org".into(),
+                    expires: NOW + 600,
+                }),
+            ),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "email a****@example.org".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(
+            pam.prompts,
+            [
+                "SmartSign code for alice (or 1 to email a code to a****@example.org): ",
+                "Code from the email to a****@example.org (or from your phone): ",
+            ]
+        );
+        assert_eq!(*daemon.codes.borrow(), ["01234567"]);
+    }
+
+    #[test]
+    fn a_mail_that_fails_leaves_the_app_code() {
+        let mut pam = ScriptedPam::alice(&["1", "123456"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_with_email()),
+            (
+                "send_email_code",
+                Ok(Response::error(
+                    ErrorKind::MailFailed,
+                    "the SMTP server did not answer",
+                )),
+            ),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(pam.prompts[1], "SmartSign code for alice: ");
+        assert!(pam.errors[0].contains("could not email a code: the SMTP server did not answer"));
+    }
+
+    #[test]
+    fn one_email_per_login_then_the_answer_is_a_code() {
+        // A second "1" is not another request for mail: it goes to the daemon as a code.
+        let mut pam = ScriptedPam::alice(&["1", "1"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_with_email()),
+            (
+                "send_email_code",
+                Ok(Response::EmailSent {
+                    to: "a****@example.org".into(),
+                    expires: NOW + 600,
+                }),
+            ),
+            (
+                "verify_code",
+                Ok(Response::Deny {
+                    reason: DenyReason::MalformedCode,
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert_eq!(pam.prompts.len(), 2);
     }
 }

@@ -26,7 +26,11 @@ pub enum Request {
     Begin {
         login: LoginContext,
     },
-    /// The user typed a code at the login prompt.
+    /// The user chose to get a code by email at the login prompt.
+    SendEmailCode {
+        login: LoginContext,
+    },
+    /// The user typed a code at the login prompt: from the app or an email.
     VerifyCode {
         login: LoginContext,
         code: Secret,
@@ -59,6 +63,24 @@ pub enum Request {
         #[serde(default)]
         code: Option<Secret>,
     },
+    /// Register an address: mails it a code that `EmailConfirm` takes back.
+    /// Root sets it at once. `code` as for `PhoneAdd`.
+    EmailSet {
+        user: Option<String>,
+        address: String,
+        #[serde(default)]
+        code: Option<Secret>,
+    },
+    EmailConfirm {
+        user: Option<String>,
+        code: Secret,
+    },
+    /// `code` as for `PhoneAdd`.
+    EmailRemove {
+        user: Option<String>,
+        #[serde(default)]
+        code: Option<Secret>,
+    },
     /// Lift a lockout and forget counted failures (root only).
     Unlock {
         user: String,
@@ -69,12 +91,17 @@ impl Request {
     /// The account the request is about, if it names one.
     pub fn target_user(&self) -> Option<&str> {
         match self {
-            Request::Begin { login } | Request::VerifyCode { login, .. } => Some(&login.user),
+            Request::Begin { login }
+            | Request::SendEmailCode { login }
+            | Request::VerifyCode { login, .. } => Some(&login.user),
             Request::Status { user }
             | Request::PhoneAdd { user, .. }
             | Request::PhoneConfirm { user, .. }
             | Request::PhoneList { user }
-            | Request::PhoneRemove { user, .. } => user.as_deref(),
+            | Request::PhoneRemove { user, .. }
+            | Request::EmailSet { user, .. }
+            | Request::EmailConfirm { user, .. }
+            | Request::EmailRemove { user, .. } => user.as_deref(),
             Request::Unlock { user } => Some(user),
         }
     }
@@ -83,12 +110,16 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Begin { .. } => "begin",
+            Request::SendEmailCode { .. } => "send_email_code",
             Request::VerifyCode { .. } => "verify_code",
             Request::Status { .. } => "status",
             Request::PhoneAdd { .. } => "phone_add",
             Request::PhoneConfirm { .. } => "phone_confirm",
             Request::PhoneList { .. } => "phone_list",
             Request::PhoneRemove { .. } => "phone_remove",
+            Request::EmailSet { .. } => "email_set",
+            Request::EmailConfirm { .. } => "email_confirm",
+            Request::EmailRemove { .. } => "email_remove",
             Request::Unlock { .. } => "unlock",
         }
     }
@@ -102,13 +133,20 @@ impl std::fmt::Display for Request {
             write!(f, " user={user:?}")?;
         }
         match self {
-            Request::Begin { login } | Request::VerifyCode { login, .. } => {
+            Request::Begin { login }
+            | Request::SendEmailCode { login }
+            | Request::VerifyCode { login, .. } => {
                 write!(f, " service={:?}", login.service)?;
             }
             Request::PhoneAdd { name, .. }
             | Request::PhoneConfirm { name, .. }
             | Request::PhoneRemove { name, .. } => write!(f, " phone={name:?}")?,
-            Request::Status { .. } | Request::PhoneList { .. } | Request::Unlock { .. } => {}
+            Request::Status { .. }
+            | Request::PhoneList { .. }
+            | Request::EmailSet { .. }
+            | Request::EmailConfirm { .. }
+            | Request::EmailRemove { .. }
+            | Request::Unlock { .. } => {}
         }
         Ok(())
     }
@@ -121,6 +159,8 @@ pub enum DenyReason {
     WrongCode,
     ReusedCode,
     MalformedCode,
+    /// An emailed code past its time.
+    ExpiredCode,
 }
 
 impl DenyReason {
@@ -130,6 +170,7 @@ impl DenyReason {
             DenyReason::WrongCode => "wrong code",
             DenyReason::ReusedCode => "code already used",
             DenyReason::MalformedCode => "not a 6-digit code",
+            DenyReason::ExpiredCode => "that emailed code has expired",
         }
     }
 }
@@ -145,6 +186,11 @@ pub enum ErrorKind {
     WrongCode,
     /// The account has a phone: the change needs a current code from one.
     CodeRequired,
+    /// No mail could be sent (no address, no [email] settings, the server
+    /// refused or did not answer).
+    MailFailed,
+    /// Too many mails in the last hour.
+    TooMany,
     /// The request itself is unusable: bad name, bad field, bad frame.
     BadRequest,
     UnsupportedVersion,
@@ -172,6 +218,12 @@ pub struct AccountStatus {
     pub max_failures: u32,
     /// Unix seconds until which logins are refused, if locked out.
     pub locked_until: Option<u64>,
+    /// The confirmed address emergency codes go to.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// An address waiting for its confirmation code.
+    #[serde(default)]
+    pub email_pending: Option<String>,
 }
 
 /// Shown once, to the enrolling user: the only time the secret leaves the daemon.
@@ -185,9 +237,17 @@ pub struct NewPhone {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    /// The user is enrolled: ask for a code. Lists the confirmed phones.
+    /// The user is enrolled: ask for a code. Lists the confirmed phones,
+    /// and the masked address when an emailed code may be asked for.
     Challenge {
         phones: Vec<String>,
+        #[serde(default)]
+        email: Option<String>,
+    },
+    /// A code is on its way to the (masked) address; good until `expires`.
+    EmailSent {
+        to: String,
+        expires: u64,
     },
     /// No confirmed phone: SmartSign has nothing to ask.
     NotEnrolled,

@@ -13,6 +13,8 @@ pub enum Method {
     /// No second factor was asked (not enrolled, locked out before asking).
     None,
     AppCode,
+    /// A code mailed to the account's address.
+    EmailCode,
     /// Enrollment and other account changes through the smartsign command.
     Manage,
 }
@@ -22,6 +24,7 @@ impl Method {
         match self {
             Method::None => "none",
             Method::AppCode => "app-code",
+            Method::EmailCode => "email-code",
             Method::Manage => "manage",
         }
     }

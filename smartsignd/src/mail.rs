@@ -136,6 +136,11 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// Where code mails go: SMTP or sendmail in the daemon, a list in tests.
+pub trait MailSink: Send + Sync {
+    fn send(&self, to: &Address, mail: &CodeMail<'_>) -> Result<(), MailError>;
+}
+
 pub struct Mailer {
     config: EmailConfig,
     from: Mailbox,
@@ -158,8 +163,8 @@ impl Mailer {
         })
     }
 
-    pub fn send(&self, to: &Address, mail: &CodeMail<'_>) -> Result<(), MailError> {
-        let message = Message::builder()
+    fn build(&self, to: &Address, mail: &CodeMail<'_>) -> Result<Message, MailError> {
+        Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to.clone()))
             .subject(mail.subject())
@@ -167,13 +172,21 @@ impl Mailer {
             .message_id(None)
             .header(ContentType::TEXT_PLAIN)
             .body(mail.body())
-            .map_err(|err| fail("building the mail", err))?;
+            .map_err(|err| fail("building the mail", err))
+    }
+}
+
+impl MailSink for Mailer {
+    fn send(&self, to: &Address, mail: &CodeMail<'_>) -> Result<(), MailError> {
+        let message = self.build(to, mail)?;
         match self.config.transport {
             MailTransport::Smtp => self.send_smtp(&message),
             MailTransport::Sendmail => self.send_sendmail(&message, to),
         }
     }
+}
 
+impl Mailer {
     fn send_smtp(&self, message: &Message) -> Result<(), MailError> {
         let host = self.config.host.as_deref().unwrap_or("localhost");
         let builder = match self.config.tls {
@@ -244,6 +257,21 @@ impl Mailer {
     }
 }
 
+/// A new 8-digit code from the OS random source; leading zeros allowed.
+pub fn new_code() -> Result<Zeroizing<String>, MailError> {
+    // Below 42 * 10^8 every remainder mod 10^8 is equally likely.
+    const LIMIT: u32 = 4_200_000_000;
+    for _ in 0..16 {
+        let mut bytes = [0u8; 4];
+        getrandom::fill(&mut bytes).map_err(|err| fail("randomness", err))?;
+        let value = u32::from_le_bytes(bytes);
+        if value < LIMIT {
+            return Ok(Zeroizing::new(format!("{:08}", value % 100_000_000)));
+        }
+    }
+    Err(MailError("the OS random source keeps failing".into()))
+}
+
 /// A file that holds a credential: refused when group or others may read it.
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, MailError> {
     let what = path.display().to_string();
@@ -276,6 +304,18 @@ mod tests {
             sent: 1_800_000_000,
             expires: 1_800_000_600,
         }
+    }
+
+    #[test]
+    fn codes_are_eight_digits_and_vary() {
+        let codes: Vec<String> = (0..50).map(|_| new_code().unwrap().to_string()).collect();
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.len() == 8 && c.bytes().all(|b| b.is_ascii_digit()))
+        );
+        let distinct: std::collections::HashSet<_> = codes.iter().collect();
+        assert!(distinct.len() > 45);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use smartsign_proto::{
 
 use crate::audit::{AuditEvent, AuditSink, Method, Outcome};
 use crate::config::Config;
+use crate::mail::MailSink;
 use crate::names;
 use crate::store::{PhoneRecord, Store, StoreError};
 use crate::totp::{self, CodeMatch};
@@ -62,6 +63,8 @@ pub struct Service {
     pub clock: Clock,
     /// For the account name in otpauth URIs (`alice@web-3`).
     pub hostname: String,
+    /// Sends emergency codes; `None` without an `[email]` table.
+    pub mailer: Option<Box<dyn MailSink>>,
     /// Requests on one account run one at a time (striped by name).
     accounts_busy: [Mutex<()>; ACCOUNT_STRIPES],
 }
@@ -70,14 +73,16 @@ const ACCOUNT_STRIPES: usize = 64;
 
 /// A failed request: the answer, and what the audit line says.
 struct Refusal {
-    response: Response,
+    kind: ErrorKind,
+    message: String,
     audit: Option<(Outcome, String)>,
 }
 
 impl Refusal {
     fn quiet(kind: ErrorKind, message: impl Into<String>) -> Self {
         Refusal {
-            response: Response::error(kind, message),
+            kind,
+            message: message.into(),
             audit: None,
         }
     }
@@ -87,10 +92,8 @@ impl From<StoreError> for Refusal {
     fn from(err: StoreError) -> Self {
         crate::say!("{err}");
         Refusal {
-            response: Response::error(
-                ErrorKind::Internal,
-                "the SmartSign store failed; see the daemon's log",
-            ),
+            kind: ErrorKind::Internal,
+            message: "the SmartSign store failed; see the daemon's log".into(),
             audit: Some((Outcome::Deny, format!("store error: {err}"))),
         }
     }
@@ -104,6 +107,7 @@ impl Service {
         accounts: Box<dyn Accounts>,
         clock: Clock,
         hostname: String,
+        mailer: Option<Box<dyn MailSink>>,
     ) -> Service {
         Service {
             config,
@@ -112,13 +116,16 @@ impl Service {
             accounts,
             clock,
             hostname,
+            mailer,
             accounts_busy: std::array::from_fn(|_| Mutex::new(())),
         }
     }
 
     pub fn handle(&self, peer_uid: u32, request: Request) -> Response {
         let login = match &request {
-            Request::Begin { login } | Request::VerifyCode { login, .. } => Some(login.clone()),
+            Request::Begin { login }
+            | Request::SendEmailCode { login }
+            | Request::VerifyCode { login, .. } => Some(login.clone()),
             _ => None,
         };
         let op = request.op();
@@ -158,7 +165,10 @@ impl Service {
                 peer_uid: Some(peer_uid),
             });
         }
-        refusal.response
+        Response::Error {
+            kind: refusal.kind,
+            message: refusal.message,
+        }
     }
 
     /// Carries out an authorized request on `user`, the account's canonical
@@ -169,6 +179,9 @@ impl Service {
         let _one_at_a_time = self.account_lock(&user);
         match request {
             Request::Begin { login } => self.begin(peer_uid, &LoginContext { user, ..login }),
+            Request::SendEmailCode { login } => {
+                self.send_login_code(peer_uid, &LoginContext { user, ..login })
+            }
             Request::VerifyCode { login, code } => {
                 self.verify(peer_uid, &LoginContext { user, ..login }, &code)
             }
@@ -183,6 +196,11 @@ impl Service {
             Request::PhoneRemove { name, code, .. } => {
                 self.phone_remove(peer_uid, &user, &name, code.as_ref())
             }
+            Request::EmailSet { address, code, .. } => {
+                self.email_set(peer_uid, &user, &address, code.as_ref())
+            }
+            Request::EmailConfirm { code, .. } => self.email_confirm(peer_uid, &user, &code),
+            Request::EmailRemove { code, .. } => self.email_remove(peer_uid, &user, code.as_ref()),
             Request::Unlock { .. } => self.unlock(peer_uid, &user),
         }
     }
@@ -200,14 +218,19 @@ impl Service {
         };
         if let Err(why) = names::check_user(&user) {
             return Err(Refusal {
-                response: Response::error(
-                    ErrorKind::BadRequest,
-                    format!("invalid user name: {why}"),
-                ),
+                kind: ErrorKind::BadRequest,
+                message: format!("invalid user name: {why}"),
                 audit: Some((Outcome::Refused, format!("invalid user name: {why}"))),
             });
         }
-        if let Request::Begin { login } | Request::VerifyCode { login, .. } = request {
+        let is_login = matches!(
+            request,
+            Request::Begin { .. } | Request::SendEmailCode { .. } | Request::VerifyCode { .. }
+        );
+        if let Request::Begin { login }
+        | Request::SendEmailCode { login }
+        | Request::VerifyCode { login, .. } = request
+        {
             check_login_fields(login)?;
         }
 
@@ -221,15 +244,14 @@ impl Service {
         if matches!(request, Request::Unlock { .. }) && peer_uid != 0 {
             // Otherwise a lockout would be one command away from lifting itself.
             return Err(Refusal {
-                response: Response::error(ErrorKind::Refused, "only root may unlock an account"),
+                kind: ErrorKind::Refused,
+                message: "only root may unlock an account".into(),
                 audit: Some((Outcome::Refused, "unlock asked by a user".into())),
             });
         }
         if peer_uid == 0 {
             // Root may name any account; managing one needs it to exist.
-            if target_uid.is_none()
-                && !matches!(request, Request::Begin { .. } | Request::VerifyCode { .. })
-            {
+            if target_uid.is_none() && !is_login {
                 return Err(Refusal::quiet(
                     ErrorKind::NotFound,
                     format!("no such user: {user}"),
@@ -241,12 +263,10 @@ impl Service {
             return Ok(user);
         }
         Err(Refusal {
-            response: Response::error(
-                ErrorKind::Refused,
-                format!(
-                    "{} may only act on its own account, not on {user}",
-                    self.describe_uid(peer_uid)
-                ),
+            kind: ErrorKind::Refused,
+            message: format!(
+                "{} may only act on its own account, not on {user}",
+                self.describe_uid(peer_uid)
             ),
             audit: Some((Outcome::Refused, "not the caller's own account".into())),
         })
@@ -316,6 +336,7 @@ impl Service {
         match self.phones_to_ask(peer_uid, login, Method::None)? {
             Ok(phones) => Ok(Response::Challenge {
                 phones: phones.into_iter().map(|p| p.name).collect(),
+                email: self.email_offer(&login.user)?,
             }),
             Err(answer) => Ok(answer),
         }
@@ -361,6 +382,9 @@ impl Service {
         };
 
         let code = normalize(code.expose());
+        if code.len() == email::DIGITS && code.bytes().all(|b| b.is_ascii_digit()) {
+            return self.verify_email_code(peer_uid, login, &code, now);
+        }
         let reason = if code.len() != totp::DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
             DenyReason::MalformedCode
         } else {
@@ -395,7 +419,7 @@ impl Service {
             reason
         };
 
-        self.refuse_code(peer_uid, login, reason, now)
+        self.refuse_code(peer_uid, login, Method::AppCode, reason, now)
     }
 
     /// A code that does not let the login in. It is refused even when the
@@ -405,6 +429,7 @@ impl Service {
         &self,
         peer_uid: u32,
         login: &LoginContext,
+        method: Method,
         reason: DenyReason,
         now: u64,
     ) -> Result<Response, Refusal> {
@@ -430,7 +455,7 @@ impl Service {
                 )
             }
         };
-        self.audit_login(login, peer_uid, Method::AppCode, None, Outcome::Deny, &why);
+        self.audit_login(login, peer_uid, method, None, Outcome::Deny, &why);
         Ok(answer)
     }
 
@@ -443,6 +468,8 @@ impl Service {
             recent_failures: self.store.recent_failures(user, now, lockout.window)?,
             max_failures: lockout.max_failures,
             locked_until: self.store.locked_until(user, now)?,
+            email: self.store.email(user)?,
+            email_pending: self.pending_address(user, now)?,
         }))
     }
 
@@ -552,10 +579,8 @@ impl Service {
                 Ok(Response::Done)
             }
             _ => Err(Refusal {
-                response: Response::error(
-                    ErrorKind::WrongCode,
-                    "that is not the code the app shows for this phone now",
-                ),
+                kind: ErrorKind::WrongCode,
+                message: "that is not the code the app shows for this phone now".into(),
                 audit: Some((
                     Outcome::Deny,
                     format!("wrong code confirming phone {name:?}"),
@@ -697,7 +722,8 @@ fn check_login_fields(login: &LoginContext) -> Result<(), Refusal> {
         if value.len() > max || value.chars().any(crate::audit::is_invisible) {
             let why = format!("{name} is over {max} bytes or holds control characters");
             return Err(Refusal {
-                response: Response::error(ErrorKind::BadRequest, why.clone()),
+                kind: ErrorKind::BadRequest,
+                message: why.clone(),
                 audit: Some((Outcome::Refused, why)),
             });
         }
@@ -705,5 +731,6 @@ fn check_login_fields(login: &LoginContext) -> Result<(), Refusal> {
     Ok(())
 }
 
+mod email;
 #[cfg(test)]
 mod tests;

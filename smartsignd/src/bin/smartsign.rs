@@ -19,7 +19,8 @@ use smartsign_proto::{
 ///
 /// Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 smartsignd not
 /// reachable, 4 refused, 5 not found, 6 wrong code, 7 already exists,
-/// 8 a code from an enrolled phone is needed (--code).
+/// 8 a code from an enrolled phone is needed (--code), 9 no mail could be
+/// sent, 10 too many mails this hour.
 #[derive(Parser)]
 #[command(name = "smartsign", version)]
 struct Cli {
@@ -44,8 +45,32 @@ enum Command {
     /// Add, confirm, list or remove phones.
     #[command(subcommand)]
     Phone(PhoneCommand),
+    /// Register, confirm or remove the address emergency codes go to.
+    #[command(subcommand)]
+    Email(EmailCommand),
     /// Lift a lockout now (root only, with --user).
     Unlock,
+}
+
+#[derive(Subcommand)]
+enum EmailCommand {
+    /// Register an address: a code is mailed to it, to be typed back here
+    /// (or later with `smartsign email confirm CODE`). Root sets it at once.
+    Set {
+        address: String,
+        /// When the account already has a phone: a current code from it
+        /// (`-` reads it from standard input).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
+    /// Confirm the address with the code mailed to it (`-`: from standard input).
+    Confirm { code: String },
+    /// Stop sending codes by email.
+    Remove {
+        /// A current code from one of the account's phones (`-`: standard input).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +121,8 @@ enum Exit {
     WrongCode = 6,
     Exists = 7,
     CodeRequired = 8,
+    MailFailed = 9,
+    TooMany = 10,
 }
 
 impl From<ErrorKind> for Exit {
@@ -106,6 +133,8 @@ impl From<ErrorKind> for Exit {
             ErrorKind::AlreadyExists => Exit::Exists,
             ErrorKind::WrongCode => Exit::WrongCode,
             ErrorKind::CodeRequired => Exit::CodeRequired,
+            ErrorKind::MailFailed => Exit::MailFailed,
+            ErrorKind::TooMany => Exit::TooMany,
             ErrorKind::BadRequest => Exit::Usage,
             ErrorKind::UnsupportedVersion | ErrorKind::Internal => Exit::Failed,
         }
@@ -153,6 +182,17 @@ fn main() -> ExitCode {
             .map(code_arg)
             .transpose()
             .and_then(|code| app.remove(name, code)),
+        Command::Email(EmailCommand::Set { address, code }) => code
+            .map(code_arg)
+            .transpose()
+            .and_then(|code| app.email_set(address, code)),
+        Command::Email(EmailCommand::Confirm { code }) => {
+            code_arg(code).and_then(|code| app.email_confirm(code))
+        }
+        Command::Email(EmailCommand::Remove { code }) => code
+            .map(code_arg)
+            .transpose()
+            .and_then(|code| app.email_remove(code)),
         Command::Unlock => app.unlock(),
     };
     match outcome {
@@ -323,6 +363,59 @@ impl App {
         }
     }
 
+    fn email_set(&self, address: String, code: Option<Secret>) -> Outcome {
+        let user = self.user.clone();
+        let response = self.with_code(code, true, |code| Request::EmailSet {
+            user: user.clone(),
+            address: address.clone(),
+            code,
+        })?;
+        match response {
+            Response::Done => {
+                println!("Emergency codes now go to {address}.");
+                Ok(())
+            }
+            Response::EmailSent { to, .. } => {
+                println!("A code is on its way to {to}.");
+                match prompt("Type the code from the mail: ") {
+                    Ok(code) => self.email_confirm(code),
+                    Err(_) => {
+                        println!("\nConfirm it later with: smartsign email confirm CODE");
+                        Ok(())
+                    }
+                }
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn email_confirm(&self, code: Secret) -> Outcome {
+        match self.call(Request::EmailConfirm {
+            user: self.user.clone(),
+            code,
+        })? {
+            Response::Done => {
+                println!("The address is confirmed: emergency codes go there now.");
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn email_remove(&self, code: Option<Secret>) -> Outcome {
+        let user = self.user.clone();
+        match self.with_code(code, true, |code| Request::EmailRemove {
+            user: user.clone(),
+            code,
+        })? {
+            Response::Done => {
+                println!("No more codes by email.");
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     fn unlock(&self) -> Outcome {
         let Some(user) = self.user.clone() else {
             return Err(Failure(
@@ -381,6 +474,16 @@ fn print_status(status: &AccountStatus) {
         for phone in &status.phones {
             println!("    {}", describe_phone(phone));
         }
+    }
+    match (&status.email, &status.email_pending) {
+        (Some(address), Some(pending)) => {
+            println!("  Email: {address} (waiting for {pending} to be confirmed)")
+        }
+        (Some(address), None) => println!("  Email: {address}"),
+        (None, Some(pending)) => {
+            println!("  Email: {pending}, waiting: smartsign email confirm CODE")
+        }
+        (None, None) => println!("  Email: none (add one with: smartsign email set ADDRESS)"),
     }
     match status.locked_until {
         Some(until) => println!(

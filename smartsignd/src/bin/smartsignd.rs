@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use smartsignd::audit::Syslog;
 use smartsignd::config::{Config, DEFAULT_CONFIG};
+use smartsignd::mail::{MailSink, Mailer};
 use smartsignd::server;
 use smartsignd::service::{Nss, Service, system_clock};
 use smartsignd::store::SqliteStore;
@@ -75,6 +76,16 @@ fn main() -> ExitCode {
         config.socket.display(),
         config.state_dir.join(SqliteStore::FILE).display()
     );
+    let mailer = match &config.email {
+        Some(settings) => match Mailer::new(settings) {
+            Ok(mailer) => Some(Box::new(mailer) as Box<dyn MailSink>),
+            Err(err) => {
+                smartsignd::say!("[email]: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let service = Service::new(
         config,
         Box::new(store),
@@ -82,6 +93,7 @@ fn main() -> ExitCode {
         Box::new(Nss),
         system_clock(),
         hostname,
+        mailer,
     );
     let socket = service.config.socket.clone();
     let service = Arc::new(service);

@@ -6,7 +6,9 @@ use totp_rs::{Algorithm, Builder, Secret as TotpSecret};
 
 use super::*;
 use crate::audit::Memory;
+use crate::mail::{CodeMail, MailError, MailSink};
 use crate::store::SqliteStore;
+use std::sync::Mutex;
 
 const ALICE: u32 = 1000;
 const BOB: u32 = 1001;
@@ -27,6 +29,26 @@ impl Accounts for Users {
     }
 }
 
+/// Mails "sent": (to, subject, body).
+type Outbox = Arc<Mutex<Vec<(String, String, String)>>>;
+
+struct SharedOutbox(Outbox);
+
+impl MailSink for SharedOutbox {
+    fn send(&self, to: &lettre::Address, mail: &CodeMail<'_>) -> Result<(), MailError> {
+        if to.to_string().starts_with("down@") {
+            return Err(MailError(
+                "SMTP server mail.example.org:587: connection refused".into(),
+            ));
+        }
+        self.0
+            .lock()
+            .unwrap()
+            .push((to.to_string(), mail.subject(), mail.body()));
+        Ok(())
+    }
+}
+
 struct SharedAudit(Arc<Memory>);
 
 impl AuditSink for SharedAudit {
@@ -36,6 +58,7 @@ impl AuditSink for SharedAudit {
 }
 
 struct Fixture {
+    outbox: Outbox,
     service: Arc<Service>,
     now: Arc<AtomicU64>,
     audit: Arc<Memory>,
@@ -58,6 +81,17 @@ impl Fixture {
         config.lockout.window = Duration::from_secs(60);
         let now = Arc::new(AtomicU64::new(START));
         let audit = Arc::new(Memory::default());
+        let outbox = Arc::new(Mutex::new(Vec::new()));
+        config.email = Some(
+            Config::parse(
+                "[email]\nfrom = \"SmartSign <ss@web-3>\"\ntransport = \"sendmail\"\n\
+                 code_ttl = \"5m\"\nmax_per_hour = 3\n",
+                std::path::Path::new("test.toml"),
+            )
+            .unwrap()
+            .email
+            .unwrap(),
+        );
         let clock_now = Arc::clone(&now);
         let service = Service::new(
             config,
@@ -74,8 +108,10 @@ impl Fixture {
             ])),
             Box::new(move || clock_now.load(Ordering::SeqCst)),
             "web-3".into(),
+            Some(Box::new(SharedOutbox(Arc::clone(&outbox)))),
         );
         Fixture {
+            outbox,
             service: Arc::new(service),
             now,
             audit,
@@ -227,7 +263,8 @@ fn right_code_once_then_replay_refused() {
             }
         ),
         Response::Challenge {
-            phones: vec!["Pixel 8".into()]
+            phones: vec!["Pixel 8".into()],
+            email: None,
         }
     );
     let code = code_at(&secret, f.time());
@@ -918,7 +955,8 @@ fn every_name_of_an_account_meets_the_same_second_factor() {
         assert_eq!(
             f.service.handle(0, Request::Begin { login: login(name) }),
             Response::Challenge {
-                phones: vec!["Pixel".into()]
+                phones: vec!["Pixel".into()],
+                email: None,
             },
             "{name}"
         );
@@ -1043,4 +1081,273 @@ fn a_wrong_code_is_denied_even_when_the_store_cannot_count_it() {
             phone: "Pixel".into()
         }
     );
+}
+
+impl Fixture {
+    /// The 8-digit code in the newest mail.
+    fn mailed_code(&self) -> String {
+        let outbox = self.outbox.lock().unwrap();
+        let (_, _, body) = outbox.last().expect("a mail");
+        let start = body.find("code is: ").unwrap() + "code is: ".len();
+        body[start..start + 8].to_owned()
+    }
+
+    fn send_code(&self, user: &str) -> Response {
+        self.service
+            .handle(0, Request::SendEmailCode { login: login(user) })
+    }
+}
+
+#[test]
+fn an_emailed_code_logs_in_once() {
+    let f = Fixture::new("email-login");
+    f.enroll("alice", "Pixel");
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::EmailSet {
+                user: Some("alice".into()),
+                address: "alice@example.org".into(),
+                code: None
+            }
+        ),
+        Response::Done,
+        "root sets an address at once"
+    );
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Challenge {
+            phones: vec!["Pixel".into()],
+            email: Some("a****@example.org".into())
+        }
+    );
+    assert_eq!(
+        f.send_code("alice"),
+        Response::EmailSent {
+            to: "a****@example.org".into(),
+            expires: f.time() + 300
+        }
+    );
+    let (to, subject, body) = f.outbox.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (to.as_str(), subject.as_str()),
+        ("alice@example.org", "SmartSign code for alice on web-3")
+    );
+    assert!(body.contains("through sshd, from 192.0.2.7"), "{body}");
+    let code = f.mailed_code();
+    assert!(f.lines().iter().all(|l| !l.contains(&code)));
+
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Allow {
+            phone: "email a****@example.org".into()
+        }
+    );
+    assert!(
+        f.last_line().contains("method=email-code"),
+        "{}",
+        f.last_line()
+    );
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+}
+
+#[test]
+fn emailed_codes_expire_are_replaced_and_are_limited() {
+    let f = Fixture::new("email-rules");
+    f.enroll("alice", "Pixel");
+    f.service.handle(
+        0,
+        Request::EmailSet {
+            user: Some("alice".into()),
+            address: "alice@example.org".into(),
+            code: None,
+        },
+    );
+
+    f.send_code("alice");
+    let old = f.mailed_code();
+    f.send_code("alice");
+    let new = f.mailed_code();
+    if old != new {
+        assert_eq!(
+            f.verify("alice", &old),
+            Response::Deny {
+                reason: DenyReason::WrongCode
+            },
+            "replaced"
+        );
+    }
+    f.advance(301);
+    assert_eq!(
+        f.verify("alice", &new),
+        Response::Deny {
+            reason: DenyReason::ExpiredCode
+        }
+    );
+
+    // Three mails an hour; the fourth is refused, and so are the codes not sent.
+    assert!(matches!(f.send_code("alice"), Response::EmailSent { .. }));
+    let answer = f.send_code("alice");
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::TooMany,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        f.last_line()
+            .contains("not mailed: at most 3 mails an hour"),
+        "{}",
+        f.last_line()
+    );
+    assert_eq!(f.outbox.lock().unwrap().len(), 3);
+    f.advance(3600);
+    assert!(matches!(f.send_code("alice"), Response::EmailSent { .. }));
+}
+
+#[test]
+fn a_mail_that_cannot_be_sent_is_said_and_leaves_no_code() {
+    let f = Fixture::new("email-down");
+    let secret = f.enroll("alice", "Pixel");
+    f.service.handle(
+        0,
+        Request::EmailSet {
+            user: Some("alice".into()),
+            address: "down@example.org".into(),
+            code: None,
+        },
+    );
+    let answer = f.send_code("alice");
+    let Response::Error {
+        kind: ErrorKind::MailFailed,
+        message,
+    } = answer
+    else {
+        panic!("{answer:?}")
+    };
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(
+        f.last_line()
+            .contains("result=deny reason=\"not mailed: SMTP server"),
+        "{}",
+        f.last_line()
+    );
+    assert_eq!(
+        f.verify("alice", &code_at(&secret, f.time())),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+}
+
+#[test]
+fn users_confirm_their_address_with_the_mailed_code() {
+    let f = Fixture::new("email-confirm");
+    let set = |code: Option<&str>| {
+        f.service.handle(
+            ALICE,
+            Request::EmailSet {
+                user: None,
+                address: "alice@example.org".into(),
+                code: code.map(Secret::from),
+            },
+        )
+    };
+    assert_eq!(
+        set(None),
+        Response::EmailSent {
+            to: "a****@example.org".into(),
+            expires: f.time() + 300
+        }
+    );
+    let Response::Status(status) = f.service.handle(ALICE, Request::Status { user: None }) else {
+        panic!()
+    };
+    assert_eq!(
+        (status.email, status.email_pending.as_deref()),
+        (None, Some("alice@example.org"))
+    );
+    let confirm = |code: &str| {
+        f.service.handle(
+            ALICE,
+            Request::EmailConfirm {
+                user: None,
+                code: code.into(),
+            },
+        )
+    };
+    assert!(matches!(
+        confirm("00000000"),
+        Response::Error {
+            kind: ErrorKind::WrongCode,
+            ..
+        }
+    ));
+    assert_eq!(confirm(&f.mailed_code()), Response::Done);
+    assert_eq!(
+        f.service.store.email("alice").unwrap().as_deref(),
+        Some("alice@example.org")
+    );
+
+    // Once a phone is enrolled, a new address needs its code first.
+    let secret = f.enroll("alice", "Pixel");
+    assert!(matches!(
+        set(None),
+        Response::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        }
+    ));
+    assert!(matches!(
+        set(Some(&code_at(&secret, f.time()))),
+        Response::EmailSent { .. }
+    ));
+    let remove = f.service.handle(
+        ALICE,
+        Request::EmailRemove {
+            user: None,
+            code: None,
+        },
+    );
+    assert!(matches!(
+        remove,
+        Response::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        }
+    ));
+    for bad in ["not-an-address", "a@b.c\r\nBcc: x@y.z", ""] {
+        let answer = f.service.handle(
+            0,
+            Request::EmailSet {
+                user: Some("alice".into()),
+                address: bad.into(),
+                code: None,
+            },
+        );
+        assert!(
+            matches!(
+                answer,
+                Response::Error {
+                    kind: ErrorKind::BadRequest,
+                    ..
+                }
+            ),
+            "{bad:?}"
+        );
+    }
 }

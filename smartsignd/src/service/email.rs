@@ -1,0 +1,286 @@
+//! Emergency codes by mail: registering an address, sending a login code,
+//! and taking one back at the prompt.
+
+use smartsign_proto::{DenyReason, ErrorKind, LoginContext, Response, Secret};
+use subtle::ConstantTimeEq;
+
+use super::{Refusal, Service};
+use crate::audit::{AuditEvent, Method, Outcome};
+use crate::mail::{self, CodeMail, Purpose};
+use crate::store::{CodePurpose, EmailCode};
+
+/// Emailed codes are longer than app codes, which tells the two apart.
+pub const DIGITS: usize = 8;
+
+const HOUR: u64 = 3600;
+
+impl Service {
+    /// The masked address a login may ask a code for, if mail is set up.
+    pub(super) fn email_offer(&self, user: &str) -> Result<Option<String>, Refusal> {
+        if self.mailer.is_none() {
+            return Ok(None);
+        }
+        Ok(self.store.email(user)?.map(|address| mail::mask(&address)))
+    }
+
+    /// The address waiting for its confirmation code, if any.
+    pub(super) fn pending_address(&self, user: &str, now: u64) -> Result<Option<String>, Refusal> {
+        let pending = self.store.email_code(user, CodePurpose::ConfirmAddress)?;
+        Ok(pending.filter(|p| p.expires > now).map(|p| p.address))
+    }
+
+    pub(super) fn send_login_code(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+    ) -> Result<Response, Refusal> {
+        if let Err(answer) = self.phones_to_ask(peer_uid, login, Method::EmailCode)? {
+            return Ok(answer);
+        }
+        let Some(address) = self.store.email(&login.user)? else {
+            return Err(mail_failed("no address is registered for this account"));
+        };
+        let purpose = Purpose::Login {
+            service: &login.service,
+            rhost: login.rhost.as_deref(),
+        };
+        let expires = self.mail_code(peer_uid, login, CodePurpose::Login, &address, purpose)?;
+        Ok(Response::EmailSent {
+            to: mail::mask(&address),
+            expires,
+        })
+    }
+
+    /// An 8-digit answer at the login prompt: the code last mailed, unused,
+    /// in time, compared in constant time.
+    pub(super) fn verify_email_code(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        code: &str,
+        now: u64,
+    ) -> Result<Response, Refusal> {
+        let user = &login.user;
+        let reason = match self.store.email_code(user, CodePurpose::Login)? {
+            Some(sent) if bool::from(sent.code.as_bytes().ct_eq(code.as_bytes())) => {
+                // Taken in every case: an expired code is spent as well.
+                let taken = self.store.take_email_code(user, CodePurpose::Login, code)?;
+                if !taken {
+                    DenyReason::ReusedCode
+                } else if sent.expires <= now {
+                    DenyReason::ExpiredCode
+                } else {
+                    if let Err(err) = self.store.clear_failures(user) {
+                        crate::say!("clearing failures of {user}: {err}");
+                    }
+                    let to = mail::mask(&sent.address);
+                    let phone = format!("email {to}");
+                    self.audit_login(
+                        login,
+                        peer_uid,
+                        Method::EmailCode,
+                        Some(&phone),
+                        Outcome::Allow,
+                        "emailed code accepted",
+                    );
+                    return Ok(Response::Allow { phone });
+                }
+            }
+            _ => DenyReason::WrongCode,
+        };
+        self.refuse_code(peer_uid, login, Method::EmailCode, reason, now)
+    }
+
+    pub(super) fn email_set(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        address: &str,
+        code: Option<&Secret>,
+    ) -> Result<Response, Refusal> {
+        let address = mail::check_address(address)
+            .map_err(|why| Refusal::quiet(ErrorKind::BadRequest, why))?
+            .to_string();
+        self.require_code(peer_uid, user, code)?;
+        if peer_uid == 0 {
+            // An administrator's word for the address is enough.
+            self.store.set_email(user, &address, (self.clock)())?;
+            self.audit_manage(
+                peer_uid,
+                user,
+                None,
+                &format!("address set to {} by root", mail::mask(&address)),
+            );
+            self.flush();
+            return Ok(Response::Done);
+        }
+        let login = LoginContext {
+            user: user.to_owned(),
+            service: "smartsign".into(),
+            rhost: None,
+            tty: None,
+        };
+        let expires = self.mail_code(
+            peer_uid,
+            &login,
+            CodePurpose::ConfirmAddress,
+            &address,
+            Purpose::ConfirmAddress,
+        )?;
+        Ok(Response::EmailSent {
+            to: mail::mask(&address),
+            expires,
+        })
+    }
+
+    pub(super) fn email_confirm(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        code: &Secret,
+    ) -> Result<Response, Refusal> {
+        let now = (self.clock)();
+        let code = code.expose().trim();
+        let Some(pending) = self.store.email_code(user, CodePurpose::ConfirmAddress)? else {
+            return Err(Refusal::quiet(
+                ErrorKind::NotFound,
+                "no address is waiting for confirmation: run smartsign email set ADDRESS",
+            ));
+        };
+        let right = bool::from(pending.code.as_bytes().ct_eq(code.as_bytes()));
+        if !right || pending.expires <= now {
+            let why = if right {
+                "that code has expired: run smartsign email set again"
+            } else {
+                "that is not the code in the mail"
+            };
+            return Err(Refusal {
+                kind: ErrorKind::WrongCode,
+                message: why.into(),
+                audit: Some((Outcome::Deny, "wrong code confirming an address".into())),
+            });
+        }
+        if !self
+            .store
+            .take_email_code(user, CodePurpose::ConfirmAddress, code)?
+        {
+            return Err(Refusal::quiet(
+                ErrorKind::WrongCode,
+                "that code was used already",
+            ));
+        }
+        self.store.set_email(user, &pending.address, now)?;
+        self.audit_manage(
+            peer_uid,
+            user,
+            None,
+            &format!("address {} confirmed", mail::mask(&pending.address)),
+        );
+        self.flush();
+        Ok(Response::Done)
+    }
+
+    pub(super) fn email_remove(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        code: Option<&Secret>,
+    ) -> Result<Response, Refusal> {
+        if self.store.email(user)?.is_none() {
+            return Err(Refusal::quiet(
+                ErrorKind::NotFound,
+                "no address is registered",
+            ));
+        }
+        self.require_code(peer_uid, user, code)?;
+        self.store.remove_email(user)?;
+        self.audit_manage(peer_uid, user, None, "address removed");
+        self.flush();
+        Ok(Response::Done)
+    }
+
+    /// Makes a code, keeps it, and mails it within the hourly limit. On
+    /// failure the code is taken back: it never reached anyone.
+    fn mail_code(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        purpose: CodePurpose,
+        address: &str,
+        what: Purpose<'_>,
+    ) -> Result<u64, Refusal> {
+        let (Some(mailer), Some(settings)) = (&self.mailer, &self.config.email) else {
+            return Err(mail_failed("email codes are not set up on this host"));
+        };
+        let user = &login.user;
+        let now = (self.clock)();
+        if self.store.mails_since(user, now.saturating_sub(HOUR))? >= settings.max_per_hour {
+            let why = format!("at most {} mails an hour", settings.max_per_hour);
+            self.audit_mail(
+                peer_uid,
+                login,
+                Outcome::Deny,
+                &format!("not mailed: {why}"),
+            );
+            return Err(Refusal::quiet(ErrorKind::TooMany, why));
+        }
+
+        let code = mail::new_code().map_err(|err| mail_failed(&err.to_string()))?;
+        let expires = now + settings.code_ttl.as_secs();
+        let to = mail::check_address(address).map_err(|why| mail_failed(&why))?;
+        self.store.put_email_code(
+            user,
+            purpose,
+            &EmailCode {
+                code: code.clone(),
+                address: address.to_owned(),
+                expires,
+            },
+        )?;
+        let message = CodeMail {
+            user,
+            host: &self.hostname,
+            code: &code,
+            purpose: what,
+            sent: now,
+            expires,
+        };
+        if let Err(err) = mailer.send(&to, &message) {
+            let _ = self.store.take_email_code(user, purpose, &code);
+            self.audit_mail(
+                peer_uid,
+                login,
+                Outcome::Deny,
+                &format!("not mailed: {err}"),
+            );
+            return Err(mail_failed(&format!("the mail could not be sent ({err})")));
+        }
+        self.store.record_mail(user, now)?;
+        let masked = mail::mask(address);
+        self.audit_mail(
+            peer_uid,
+            login,
+            Outcome::Done,
+            &format!("code mailed to {masked}"),
+        );
+        Ok(expires)
+    }
+
+    fn audit_mail(&self, peer_uid: u32, login: &LoginContext, result: Outcome, reason: &str) {
+        self.audit(AuditEvent {
+            user: login.user.clone(),
+            service: login.service.clone(),
+            rhost: login.rhost.clone(),
+            tty: login.tty.clone(),
+            method: Method::EmailCode,
+            phone: None,
+            result,
+            reason: reason.to_owned(),
+            peer_uid: Some(peer_uid),
+        });
+    }
+}
+
+fn mail_failed(why: &str) -> Refusal {
+    Refusal::quiet(ErrorKind::MailFailed, why)
+}
