@@ -88,32 +88,29 @@ impl CodeMail<'_> {
     pub fn body(&self) -> String {
         let minutes = self.expires.saturating_sub(self.sent).div_ceil(60);
         let (user, host) = (sanitize(self.user), sanitize(self.host));
-        let (line, warning) = match &self.purpose {
+        let (what, warning) = match &self.purpose {
             Purpose::Login { service, rhost } => (
                 format!(
-                    "It lets {} log in to {} once, through {}, from {}.",
-                    user,
-                    host,
+                    "It lets {user} log in once\n  to:       {host}\n  through:  {}\n  from:     {}",
                     sanitize(service),
                     rhost.map_or_else(|| "this computer".to_owned(), sanitize)
                 ),
                 format!(
-                    "If this was not you, give this code to nobody: someone who knows the\n\
-                     password of {} is trying to log in. Tell your administrator.",
-                    user
+                    "If this was not you, give this code to nobody: someone who\n\
+                     knows the password of {user} is trying to log in.\n\
+                     Tell your administrator."
                 ),
             ),
             Purpose::ConfirmAddress => (
                 format!(
-                    "Type it into `smartsign email confirm` to receive SmartSign codes for\n\
-                     {} on {} at this address.",
-                    user, host
+                    "Type it back into smartsign to receive SmartSign codes\n\
+                     for {user} on {host} at this address."
                 ),
                 "If you did not ask for this, ignore this mail; nothing changes.".to_owned(),
             ),
         };
         format!(
-            "Your SmartSign code is: {}\n\n{line}\n\nRequested: {}\nExpires:   {} (in {minutes} minutes)\n\n{warning}\n",
+            "Your SmartSign code is: {}\n\n{what}\n\nRequested: {}\nExpires:   {} (in {minutes} minutes)\n\n{warning}\n",
             self.code,
             when(self.sent),
             when(self.expires),
@@ -348,7 +345,14 @@ mod tests {
         assert_eq!(mail.subject(), "SmartSign code for alice on web-3");
         let body = mail.body();
         assert!(body.contains("Your SmartSign code is: 01234567"), "{body}");
-        assert!(body.contains("through sshd, from 192.0.2.7"), "{body}");
+        assert!(
+            body.contains("  through:  sshd\n  from:     192.0.2.7"),
+            "{body}"
+        );
+        assert!(
+            body.lines().all(|l| l.len() <= 76),
+            "short lines, no encoding: {body}"
+        );
         assert!(
             body.contains("Expires:   2027-01-15 08:10:00 UTC (in 10 minutes)"),
             "{body}"

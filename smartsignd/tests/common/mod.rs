@@ -436,18 +436,41 @@ impl Login {
 /// answers the password prompt with `password` and the SmartSign prompt
 /// with `code`, and records every prompt.
 pub fn ssh(dir: &TempDir, sshd: &Sshd, user: &str, password: &str, code: &str) -> Login {
+    ssh_with(dir, sshd, user, password, code, code, None)
+}
+
+/// Logs in like [`ssh`], where the first SmartSign prompt may offer email:
+/// `first` answers that prompt ("1" to ask for an email), `code` any later
+/// SmartSign prompt, and the prompt for the emailed code gets the code from
+/// the newest mail in `maildir`.
+pub fn ssh_with(
+    dir: &TempDir,
+    sshd: &Sshd,
+    user: &str,
+    password: &str,
+    first: &str,
+    code: &str,
+    maildir: Option<&Path>,
+) -> Login {
     let answers = dir.join("askpass");
     fs::create_dir_all(&answers).unwrap();
     fs::write(answers.join("password"), password).unwrap();
+    fs::write(answers.join("first"), first).unwrap();
     fs::write(answers.join("code"), code).unwrap();
+    let maildir = maildir.map_or_else(|| "/nonexistent".to_owned(), |m| m.display().to_string());
     let prompts = answers.join("prompts");
     let _ = fs::remove_file(&prompts);
     let script = answers.join("askpass.sh");
     fs::write(
         &script,
         format!(
-            "#!/bin/sh\nd={}\nprintf '%s\\n' \"$1\" >> \"$d/prompts\"\n\
-             case \"$1\" in\n  *SmartSign*) cat \"$d/code\" ;;\n  *assword*) cat \"$d/password\" ;;\n\
+            "#!/bin/sh\nd={}\nm={maildir}\nprintf '%s\\n' \"$1\" >> \"$d/prompts\"\n\
+             case \"$1\" in\n\
+               *'or 1 to email'*) cat \"$d/first\" ;;\n\
+               *'Code from the email'*) f=$(ls -t \"$m\"/new/* | head -n 1)\n\
+                 sed -n 's/.*code is: \\([0-9]\\{{8\\}}\\).*/\\1/p' \"$f\" | head -n 1 ;;\n\
+               *SmartSign*) cat \"$d/code\" ;;\n\
+               *assword*) cat \"$d/password\" ;;\n\
              esac\necho\n",
             answers.display()
         ),
@@ -558,5 +581,81 @@ impl Syslog {
             .filter(|l| l.contains(needle))
             .cloned()
             .collect()
+    }
+}
+
+/// A real SMTP server on 127.0.0.1 (aiosmtpd) delivering into a Maildir.
+pub struct SmtpServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub maildir: PathBuf,
+}
+
+impl SmtpServer {
+    pub fn start(dir: &TempDir) -> SmtpServer {
+        let mut server = SmtpServer {
+            child: None,
+            port: free_port(),
+            maildir: dir.join("Maildir"),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{}", self.port),
+            ])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&self.maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("the SMTP server", Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every message received, oldest first, as raw text.
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<_> = entries.flatten().collect();
+        files.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+        files
+            .iter()
+            .filter_map(|e| fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+
+    /// The 8-digit code in the newest message.
+    pub fn last_code(&self) -> String {
+        let messages = self.messages();
+        let text = messages.last().expect("a mail arrived");
+        let start = text.find("code is: ").expect("a code in the mail") + "code is: ".len();
+        text[start..start + 8].to_owned()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
