@@ -268,3 +268,39 @@ fn requests_abandoned_while_stopped_are_not_acted_on() {
         }
     );
 }
+
+#[test]
+fn an_smtp_password_others_can_read_stops_the_start() {
+    let dir = TempDir::new("pwfile");
+    let password = dir.join("smtp-password");
+    std::fs::write(&password, "hunter2\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let config = dir.join("smartsign.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {:?}\nstate_dir = {:?}\n[email]\nfrom = \"s <s@example.org>\"\n\
+             transport = \"smtp\"\nhost = \"127.0.0.1\"\nuser = \"s\"\npassword_file = {password:?}\n",
+            dir.join("s.sock"),
+            dir.join("state")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(SMARTSIGND)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by others (mode 644): chmod 600 it"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"));
+    assert!(!dir.join("s.sock").exists(), "nothing served");
+}

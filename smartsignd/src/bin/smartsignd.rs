@@ -49,6 +49,17 @@ fn main() -> ExitCode {
     // up explicitly in server::bind.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 
+    // Credentials first: a daemon that could not send mail must not start.
+    let mailer = match &config.email {
+        Some(settings) => match Mailer::new(settings) {
+            Ok(mailer) => Some(Box::new(mailer) as Box<dyn MailSink>),
+            Err(err) => {
+                smartsignd::say!("[email]: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let store = match SqliteStore::open(&config.state_dir) {
         Ok(store) => store,
         Err(err) => {
@@ -76,16 +87,6 @@ fn main() -> ExitCode {
         config.socket.display(),
         config.state_dir.join(SqliteStore::FILE).display()
     );
-    let mailer = match &config.email {
-        Some(settings) => match Mailer::new(settings) {
-            Ok(mailer) => Some(Box::new(mailer) as Box<dyn MailSink>),
-            Err(err) => {
-                smartsignd::say!("[email]: {err}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
     let service = Service::new(
         config,
         Box::new(store),
