@@ -417,4 +417,61 @@ mod tests {
         assert_eq!(read_secret_file(&file).unwrap().as_str(), "hunter2");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    fn settings(extra: &str) -> EmailConfig {
+        let text =
+            format!("[email]\nfrom = \"SmartSign <ss@example.org>\"\ntimeout = \"1s\"\n{extra}");
+        crate::config::Config::parse(&text, Path::new("t.toml"))
+            .unwrap()
+            .email
+            .unwrap()
+    }
+
+    fn try_send(mailer: &Mailer) -> (Result<(), MailError>, Duration) {
+        let started = Instant::now();
+        let to: Address = "alice@example.org".parse().unwrap();
+        let result = mailer.send(&to, &mail("alice", "web-3", None));
+        (result, started.elapsed())
+    }
+
+    /// A server that accepts and never says a word: the mail fails at the timeout.
+    #[test]
+    fn a_silent_smtp_server_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mailer = Mailer::new(&settings(&format!(
+            "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+        )))
+        .unwrap();
+        let (result, took) = try_send(&mailer);
+        assert!(result.is_err());
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        drop(listener);
+    }
+
+    /// A sendmail that hangs is killed at the timeout.
+    #[test]
+    fn a_hanging_sendmail_is_killed() {
+        let dir = std::env::temp_dir().join(format!("smartsign-sendmail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("sendmail");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mailer = Mailer::new(&settings(&format!(
+            "transport = \"sendmail\"\npath = {script:?}\n"
+        )))
+        .unwrap();
+        let (result, took) = try_send(&mailer);
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("did not finish within 1s"), "{err}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+
+        std::fs::write(&script, "#!/bin/sh\necho 'no such user' >&2\nexit 67\n").unwrap();
+        let err = try_send(&mailer).0.unwrap_err().to_string();
+        assert!(
+            err.contains("exit status: 67") && err.contains("no such user"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
