@@ -14,6 +14,7 @@ macro_rules! say {
 }
 
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod mail;
 pub mod names;

@@ -5,26 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use smartsignd::cli::DaemonCli as Cli;
 use smartsignd::audit::Syslog;
-use smartsignd::config::{Config, DEFAULT_CONFIG};
+use smartsignd::config::Config;
 use smartsignd::mail::{MailSink, Mailer};
 use smartsignd::server;
 use smartsignd::service::{Nss, Service, system_clock};
 use smartsignd::store::SqliteStore;
-
-/// SmartSign's daemon: verifies second factors for pam_smartsign and the
-/// smartsign command over a Unix socket. Runs in the foreground; the audit
-/// trail goes to syslog (LOG_AUTHPRIV) and to stderr.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    /// The configuration file.
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Validate the configuration, print it with defaults filled in, and exit.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -101,6 +88,10 @@ fn main() -> ExitCode {
     if let Err(err) = handle_signals(socket, Arc::clone(&service)) {
         smartsignd::say!("cannot set up signal handling: {err}");
         return ExitCode::FAILURE;
+    }
+    // Under systemd (Type=notify): ready once the socket is listening.
+    if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        smartsignd::say!("telling systemd we are ready: {err}");
     }
     let err = server::serve(listener, service);
     smartsignd::say!("stopped: {err}");
