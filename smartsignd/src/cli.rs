@@ -118,4 +118,3 @@ pub struct DaemonCli {
     #[arg(long)]
     pub check_config: bool,
 }
-

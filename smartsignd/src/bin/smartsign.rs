@@ -6,14 +6,13 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Parser;
-use smartsignd::cli::{Command, EmailCommand, PhoneCommand, UserCli as Cli};
 use qrcode::QrCode;
 use qrcode::render::unicode::Dense1x2;
 use serde::Serialize;
 use smartsign_proto::{
-    AccountStatus, Client, ErrorKind, NewPhone, PhoneInfo, Request, Response,
-    Secret,
+    AccountStatus, Client, ErrorKind, NewPhone, PhoneInfo, Request, Response, Secret,
 };
+use smartsignd::cli::{Command, EmailCommand, PhoneCommand, UserCli as Cli};
 
 #[derive(Clone, Copy)]
 enum Exit {

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use smartsignd::cli::DaemonCli as Cli;
 use smartsignd::audit::Syslog;
+use smartsignd::cli::DaemonCli as Cli;
 use smartsignd::config::Config;
 use smartsignd::mail::{MailSink, Mailer};
 use smartsignd::server;

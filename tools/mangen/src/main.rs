@@ -18,7 +18,9 @@ fn main() -> ExitCode {
     ];
     for (file, command, section) in pages {
         let mut page = Vec::new();
-        let rendered = clap_mangen::Man::new(command).section(section).render(&mut page);
+        let rendered = clap_mangen::Man::new(command)
+            .section(section)
+            .render(&mut page);
         let written = rendered.and_then(|()| std::fs::write(dir.join(file), &page));
         if let Err(err) = written {
             eprintln!("smartsign-mangen: {file}: {err}");
