@@ -304,3 +304,36 @@ fn an_smtp_password_others_can_read_stops_the_start() {
     assert!(!err.contains("hunter2"));
     assert!(!dir.join("s.sock").exists(), "nothing served");
 }
+
+/// Under systemd (Type=notify) the daemon says READY=1 once it listens.
+#[test]
+fn readiness_is_told_to_systemd() {
+    let dir = TempDir::new("notify");
+    let notify = dir.join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = dir.join("smartsign.toml");
+    let socket = dir.join("s.sock");
+    std::fs::write(
+        &config,
+        format!("socket = {socket:?}\nstate_dir = {:?}\n", dir.join("state")),
+    )
+    .unwrap();
+    let mut child = Command::new(SMARTSIGND)
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let got = listener.recv(&mut buf);
+    let listening = UnixStream::connect(&socket).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("a notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    assert!(listening, "ready means listening");
+}
