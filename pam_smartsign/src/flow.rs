@@ -118,6 +118,18 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                 ));
                 prompt = format!("SmartSign code for {user}: ");
             }
+            // The daemon answered before; a mail server keeping it busy past
+            // our bound leaves the app code, not the fail mode.
+            Err(ClientError::Timeout) => {
+                pam.log(
+                    Priority::Warning,
+                    "no answer in time while a code was being emailed",
+                );
+                pam.error(
+                    "SmartSign could not email a code in time. Type the code from your phone.",
+                );
+                prompt = format!("SmartSign code for {user}: ");
+            }
             Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
             Ok(other) => return odd_answer(pam, args, &other),
             Err(err) => return unavailable(pam, args, &err.to_string()),
@@ -687,5 +699,32 @@ mod tests {
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
         assert_eq!(pam.prompts.len(), 2);
+    }
+
+    #[test]
+    fn a_slow_mail_leaves_the_app_code_under_either_failmode() {
+        for failmode in [Failmode::Secure, Failmode::Safe] {
+            let args = Args {
+                failmode,
+                ..Args::default()
+            };
+            let mut pam = ScriptedPam::alice(&["1", "000000"]);
+            let daemon = ScriptedDaemon::new(vec![
+                ("begin", challenge_with_email()),
+                ("send_email_code", Err(ClientError::Timeout)),
+                (
+                    "verify_code",
+                    Ok(Response::Deny {
+                        reason: DenyReason::WrongCode,
+                    }),
+                ),
+            ]);
+            assert_eq!(
+                run(&mut pam, &daemon, &args),
+                Outcome::AuthErr,
+                "{failmode:?}"
+            );
+            assert_eq!(pam.prompts[1], "SmartSign code for alice: ");
+        }
     }
 }

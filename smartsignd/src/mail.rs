@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -210,8 +211,11 @@ impl Mailer {
     fn send_sendmail(&self, message: &Message, to: &Address) -> Result<(), MailError> {
         let path = &self.config.path;
         let what = path.display().to_string();
+        // In a process group of its own, so that a timeout or a failure ends
+        // whatever the program started too.
         let mut child = Command::new(path)
             .args(["-i", "-f", self.from.email.as_ref(), "--", to.as_ref()])
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -230,7 +234,7 @@ impl Mailer {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 Ok(None) => {
-                    let _ = child.kill();
+                    kill_group(child.id());
                     let _ = child.wait();
                     return Err(MailError(format!(
                         "{what} did not finish within {:?}",
@@ -246,11 +250,22 @@ impl Mailer {
             }
             return Ok(());
         }
+        // Nothing of the group may keep the pipe open and the read waiting.
+        kill_group(child.id());
         let mut stderr = String::new();
         if let Some(pipe) = child.stderr.take() {
             let _ = pipe.take(512).read_to_string(&mut stderr);
         }
         Err(fail(&format!("{what} failed ({status})"), stderr.trim()))
+    }
+}
+
+fn kill_group(leader: u32) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+
+    if let Ok(pid) = i32::try_from(leader) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -466,7 +481,12 @@ mod tests {
         assert!(err.contains("did not finish within 1s"), "{err}");
         assert!(took < Duration::from_secs(3), "took {took:?}");
 
-        std::fs::write(&script, "#!/bin/sh\necho 'no such user' >&2\nexit 67\n").unwrap();
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nsleep 30 &\necho 'no such user' >&2\nexit 67\n",
+        )
+        .unwrap();
+        let started = Instant::now();
         let err = try_send(&mailer).0.unwrap_err().to_string();
         assert!(
             err.contains("exit status: 67") && err.contains("no such user"),

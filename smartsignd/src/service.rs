@@ -3,7 +3,7 @@
 //! Authorization is by uid alone: root may act for any account, any other
 //! uid only for its own. Every refusal and every decision is audited.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use smartsign_proto::{
@@ -64,12 +64,20 @@ pub struct Service {
     /// For the account name in otpauth URIs (`alice@web-3`).
     pub hostname: String,
     /// Sends emergency codes; `None` without an `[email]` table.
-    pub mailer: Option<Box<dyn MailSink>>,
+    pub mailer: Option<Arc<dyn MailSink>>,
     /// Requests on one account run one at a time (striped by name).
     accounts_busy: [Mutex<()>; ACCOUNT_STRIPES],
+    stripe_keys: std::collections::hash_map::RandomState,
 }
 
 const ACCOUNT_STRIPES: usize = 64;
+
+/// Which codes an answer may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codes {
+    AppOrEmail,
+    AppOnly,
+}
 
 /// A failed request: the answer, and what the audit line says.
 struct Refusal {
@@ -107,7 +115,7 @@ impl Service {
         accounts: Box<dyn Accounts>,
         clock: Clock,
         hostname: String,
-        mailer: Option<Box<dyn MailSink>>,
+        mailer: Option<Arc<dyn MailSink>>,
     ) -> Service {
         Service {
             config,
@@ -118,6 +126,7 @@ impl Service {
             hostname,
             mailer,
             accounts_busy: std::array::from_fn(|_| Mutex::new(())),
+            stripe_keys: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -176,12 +185,25 @@ impl Service {
     /// allows (the lockout and the failure it counts, the proof for a phone
     /// and adding it) cannot be split by a concurrent request.
     fn dispatch(&self, peer_uid: u32, user: String, request: Request) -> Result<Response, Refusal> {
+        // These hold the account only while they read and write the store,
+        // not while a mail server takes its time.
+        let request = match request {
+            Request::SendEmailCode { login } => {
+                return self.send_login_code(peer_uid, &LoginContext { user, ..login });
+            }
+            Request::EmailSet { address, code, .. } => {
+                return self.email_set(peer_uid, &user, &address, code.as_ref());
+            }
+            other => other,
+        };
         let _one_at_a_time = self.account_lock(&user);
         match request {
             Request::Begin { login } => self.begin(peer_uid, &LoginContext { user, ..login }),
-            Request::SendEmailCode { login } => {
-                self.send_login_code(peer_uid, &LoginContext { user, ..login })
-            }
+            // Both went their own way above.
+            Request::SendEmailCode { .. } | Request::EmailSet { .. } => Err(Refusal::quiet(
+                ErrorKind::Internal,
+                "mail requests are not served here",
+            )),
             Request::VerifyCode { login, code } => {
                 self.verify(peer_uid, &LoginContext { user, ..login }, &code)
             }
@@ -195,9 +217,6 @@ impl Service {
             Request::PhoneList { .. } => self.phone_list(&user),
             Request::PhoneRemove { name, code, .. } => {
                 self.phone_remove(peer_uid, &user, &name, code.as_ref())
-            }
-            Request::EmailSet { address, code, .. } => {
-                self.email_set(peer_uid, &user, &address, code.as_ref())
             }
             Request::EmailConfirm { code, .. } => self.email_confirm(peer_uid, &user, &code),
             Request::EmailRemove { code, .. } => self.email_remove(peer_uid, &user, code.as_ref()),
@@ -273,9 +292,11 @@ impl Service {
     }
 
     fn account_lock(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        use std::hash::BuildHasher;
 
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
+        // Keyed at random per daemon, so no user can pick a name that
+        // shares another account's stripe.
+        let hash = self.stripe_keys.hash_one(user);
         let stripe = &self.accounts_busy[hash as usize % ACCOUNT_STRIPES];
         stripe.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -312,7 +333,9 @@ impl Service {
             rhost: None,
             tty: None,
         };
-        match self.verify(peer_uid, &login, code)? {
+        // Only a phone proves a phone: an emailed code is a one-time
+        // fallback, and whoever reads the mailbox must not gain a phone by it.
+        match self.verify_codes(peer_uid, &login, code, Codes::AppOnly)? {
             Response::Allow { .. } | Response::NotEnrolled => Ok(()),
             Response::LockedOut { until } => Err(Refusal::quiet(
                 ErrorKind::Refused,
@@ -369,11 +392,22 @@ impl Service {
         Ok(Ok(phones))
     }
 
+    /// A code typed at the login prompt: from the app, or (8 digits) emailed.
     fn verify(
         &self,
         peer_uid: u32,
         login: &LoginContext,
         code: &Secret,
+    ) -> Result<Response, Refusal> {
+        self.verify_codes(peer_uid, login, code, Codes::AppOrEmail)
+    }
+
+    fn verify_codes(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        code: &Secret,
+        codes: Codes,
     ) -> Result<Response, Refusal> {
         let now = (self.clock)();
         let phones = match self.phones_to_ask(peer_uid, login, Method::AppCode)? {
@@ -382,7 +416,8 @@ impl Service {
         };
 
         let code = normalize(code.expose());
-        if code.len() == email::DIGITS && code.bytes().all(|b| b.is_ascii_digit()) {
+        let emailed = code.len() == email::DIGITS && code.bytes().all(|b| b.is_ascii_digit());
+        if emailed && codes == Codes::AppOrEmail {
             return self.verify_email_code(peer_uid, login, &code, now);
         }
         let reason = if code.len() != totp::DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {

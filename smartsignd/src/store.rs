@@ -109,6 +109,7 @@ pub trait Store: Send + Sync {
 
     /// The account's confirmed address.
     fn email(&self, user: &str) -> StoreResult<Option<String>>;
+    /// Makes `address` the account's, ending every code mailed before.
     fn set_email(&self, user: &str, address: &str, now: u64) -> StoreResult<()>;
     fn remove_email(&self, user: &str) -> StoreResult<bool>;
     /// Stores a code, replacing any earlier one of that purpose.
@@ -488,11 +489,17 @@ impl Store for SqliteStore {
     }
 
     fn set_email(&self, user: &str, address: &str, now: u64) -> StoreResult<()> {
-        self.lock()?.execute(
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        tx.execute(
             "INSERT INTO emails (user, address, since) VALUES (?1, ?2, ?3)
              ON CONFLICT (user) DO UPDATE SET address = excluded.address, since = excluded.since",
             params![user, address, now as i64],
         )?;
+        // Codes mailed to the old address, or waiting to confirm another
+        // one, end with this change.
+        tx.execute("DELETE FROM email_codes WHERE user = ?1", [user])?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -312,10 +312,13 @@ fn a_user_confirms_their_address_from_the_mail() {
     let user = TestUser::new("sse2e-mailuser");
     let smtp = SmtpServer::start(&dir);
     let daemon = Daemon::start(&dir, &smtp_settings(smtp.port, ""));
+    // An address comes beside a phone, with a code from it.
+    let secret = daemon.enroll(&user.name, "Pixel 8");
+    let proof = oathtool(&secret, "now");
     let mut child = as_uid(user.uid(), SMARTSIGN)
         .arg("--socket")
         .arg(&daemon.socket)
-        .args(["email", "set", "me@test.example"])
+        .args(["email", "set", "me@test.example", "--code", &proof])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

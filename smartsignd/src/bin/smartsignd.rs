@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     // Credentials first: a daemon that could not send mail must not start.
     let mailer = match &config.email {
         Some(settings) => match Mailer::new(settings) {
-            Ok(mailer) => Some(Box::new(mailer) as Box<dyn MailSink>),
+            Ok(mailer) => Some(Arc::new(mailer) as Arc<dyn MailSink>),
             Err(err) => {
                 smartsignd::say!("[email]: {err}");
                 return ExitCode::FAILURE;

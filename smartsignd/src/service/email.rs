@@ -1,12 +1,18 @@
 //! Emergency codes by mail: registering an address, sending a login code,
 //! and taking one back at the prompt.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lettre::Address;
 use smartsign_proto::{DenyReason, ErrorKind, LoginContext, Response, Secret};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use super::{Refusal, Service};
 use crate::audit::{AuditEvent, Method, Outcome};
-use crate::mail::{self, CodeMail, Purpose};
+use crate::mail::{self, CodeMail, MailError, MailSink, Purpose};
 use crate::store::{CodePurpose, EmailCode};
 
 /// Emailed codes are longer than app codes, which tells the two apart.
@@ -34,21 +40,17 @@ impl Service {
         peer_uid: u32,
         login: &LoginContext,
     ) -> Result<Response, Refusal> {
-        if let Err(answer) = self.phones_to_ask(peer_uid, login, Method::EmailCode)? {
-            return Ok(answer);
-        }
-        let Some(address) = self.store.email(&login.user)? else {
-            return Err(mail_failed("no address is registered for this account"));
+        let outgoing = {
+            let _one_at_a_time = self.account_lock(&login.user);
+            if let Err(answer) = self.phones_to_ask(peer_uid, login, Method::EmailCode)? {
+                return Ok(answer);
+            }
+            let Some(address) = self.store.email(&login.user)? else {
+                return Err(mail_failed("no address is registered for this account"));
+            };
+            self.prepare_mail(peer_uid, login, CodePurpose::Login, &address)?
         };
-        let purpose = Purpose::Login {
-            service: &login.service,
-            rhost: login.rhost.as_deref(),
-        };
-        let expires = self.mail_code(peer_uid, login, CodePurpose::Login, &address, purpose)?;
-        Ok(Response::EmailSent {
-            to: mail::mask(&address),
-            expires,
-        })
+        self.deliver(peer_uid, login, outgoing)
     }
 
     /// An 8-digit answer at the login prompt: the code last mailed, unused,
@@ -101,36 +103,40 @@ impl Service {
         let address = mail::check_address(address)
             .map_err(|why| Refusal::quiet(ErrorKind::BadRequest, why))?
             .to_string();
-        self.require_code(peer_uid, user, code)?;
-        if peer_uid == 0 {
-            // An administrator's word for the address is enough.
-            self.store.set_email(user, &address, (self.clock)())?;
-            self.audit_manage(
-                peer_uid,
-                user,
-                None,
-                &format!("address set to {} by root", mail::mask(&address)),
-            );
-            self.flush();
-            return Ok(Response::Done);
-        }
         let login = LoginContext {
             user: user.to_owned(),
             service: "smartsign".into(),
             rhost: None,
             tty: None,
         };
-        let expires = self.mail_code(
-            peer_uid,
-            &login,
-            CodePurpose::ConfirmAddress,
-            &address,
-            Purpose::ConfirmAddress,
-        )?;
-        Ok(Response::EmailSent {
-            to: mail::mask(&address),
-            expires,
-        })
+        let outgoing = {
+            let _one_at_a_time = self.account_lock(user);
+            if peer_uid == 0 {
+                // An administrator's word for the address is enough; it
+                // replaces any address waiting for confirmation too.
+                self.store.set_email(user, &address, (self.clock)())?;
+                let masked = mail::mask(&address);
+                self.audit_manage(
+                    peer_uid,
+                    user,
+                    None,
+                    &format!("address set to {masked} by root"),
+                );
+                self.flush();
+                return Ok(Response::Done);
+            }
+            // An address is a second way in: only beside a phone, and only
+            // with a code from it, so that a password alone cannot add one.
+            if super::confirmed(self.store.phones(user)?).is_empty() {
+                return Err(Refusal::quiet(
+                    ErrorKind::Refused,
+                    "enroll a phone first (smartsign phone add NAME); an address is a fallback beside it",
+                ));
+            }
+            self.require_code(peer_uid, user, code)?;
+            self.prepare_mail(peer_uid, &login, CodePurpose::ConfirmAddress, &address)?
+        };
+        self.deliver(peer_uid, &login, outgoing)
     }
 
     pub(super) fn email_confirm(
@@ -199,16 +205,16 @@ impl Service {
         Ok(Response::Done)
     }
 
-    /// Makes a code, keeps it, and mails it within the hourly limit. On
-    /// failure the code is taken back: it never reached anyone.
-    fn mail_code(
+    /// Makes a code and keeps it, within the hourly limit. Every attempt
+    /// counts, sent or not: a mail server that delivers but answers late
+    /// must not let mails through beyond the limit.
+    fn prepare_mail(
         &self,
         peer_uid: u32,
         login: &LoginContext,
         purpose: CodePurpose,
         address: &str,
-        what: Purpose<'_>,
-    ) -> Result<u64, Refusal> {
+    ) -> Result<Outgoing, Refusal> {
         let (Some(mailer), Some(settings)) = (&self.mailer, &self.config.email) else {
             return Err(mail_failed("email codes are not set up on this host"));
         };
@@ -224,46 +230,68 @@ impl Service {
             );
             return Err(Refusal::quiet(ErrorKind::TooMany, why));
         }
-
+        let to = mail::check_address(address).map_err(|why| mail_failed(&why))?;
         let code = mail::new_code().map_err(|err| mail_failed(&err.to_string()))?;
         let expires = now + settings.code_ttl.as_secs();
-        let to = mail::check_address(address).map_err(|why| mail_failed(&why))?;
-        self.store.put_email_code(
-            user,
-            purpose,
-            &EmailCode {
-                code: code.clone(),
-                address: address.to_owned(),
-                expires,
-            },
-        )?;
-        let message = CodeMail {
-            user,
-            host: &self.hostname,
-            code: &code,
-            purpose: what,
-            sent: now,
+        let kept = EmailCode {
+            code: code.clone(),
+            address: address.to_owned(),
             expires,
         };
-        if let Err(err) = mailer.send(&to, &message) {
-            let _ = self.store.take_email_code(user, purpose, &code);
-            self.audit_mail(
-                peer_uid,
-                login,
-                Outcome::Deny,
-                &format!("not mailed: {err}"),
-            );
-            return Err(mail_failed(&format!("the mail could not be sent ({err})")));
-        }
+        self.store.put_email_code(user, purpose, &kept)?;
         self.store.record_mail(user, now)?;
-        let masked = mail::mask(address);
+        Ok(Outgoing {
+            mailer: Arc::clone(mailer),
+            deadline: settings.timeout,
+            to,
+            address: address.to_owned(),
+            purpose,
+            code,
+            sent: now,
+            expires,
+        })
+    }
+
+    /// Hands the mail over within the `[email] timeout`, whatever the server
+    /// does; a mail that fails takes its code back, since nobody has it.
+    fn deliver(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        outgoing: Outgoing,
+    ) -> Result<Response, Refusal> {
+        let masked = mail::mask(&outgoing.address);
+        let (user, purpose, code) = (login.user.clone(), outgoing.purpose, outgoing.code.clone());
+        let expires = outgoing.expires;
+        let failure = match outgoing.send(&self.hostname, login) {
+            Ok(()) => {
+                self.audit_mail(
+                    peer_uid,
+                    login,
+                    Outcome::Done,
+                    &format!("code mailed to {masked}"),
+                );
+                return Ok(Response::EmailSent {
+                    to: masked,
+                    expires,
+                });
+            }
+            Err(err) => err,
+        };
+        {
+            let _one_at_a_time = self.account_lock(&user);
+            let _ = self.store.take_email_code(&user, purpose, &code);
+        }
         self.audit_mail(
             peer_uid,
             login,
-            Outcome::Done,
-            &format!("code mailed to {masked}"),
+            Outcome::Deny,
+            &format!("not mailed: {failure}"),
         );
-        Ok(expires)
+        // The server's words (addresses, host names) stay in the log.
+        Err(mail_failed(
+            "the mail could not be sent; the administrator can see why in the log",
+        ))
     }
 
     fn audit_mail(&self, peer_uid: u32, login: &LoginContext, result: Outcome, reason: &str) {
@@ -278,6 +306,69 @@ impl Service {
             reason: reason.to_owned(),
             peer_uid: Some(peer_uid),
         });
+    }
+}
+
+/// A mail ready to go, with what the account's lock is not needed for.
+struct Outgoing {
+    mailer: Arc<dyn MailSink>,
+    deadline: Duration,
+    to: Address,
+    address: String,
+    purpose: CodePurpose,
+    code: Zeroizing<String>,
+    sent: u64,
+    expires: u64,
+}
+
+/// Mails being handed over at once; more are refused rather than queued,
+/// so that a stuck mail server cannot pile up threads.
+const MAX_MAILS_IN_FLIGHT: usize = 16;
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+impl Outgoing {
+    fn send(self, host: &str, login: &LoginContext) -> Result<(), MailError> {
+        if IN_FLIGHT.fetch_add(1, Ordering::SeqCst) >= MAX_MAILS_IN_FLIGHT {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            return Err(MailError(
+                "too many mails in flight; the mail server is not keeping up".into(),
+            ));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let deadline = self.deadline;
+        let (host, service, rhost) = (host.to_owned(), login.service.clone(), login.rhost.clone());
+        let user = login.user.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mail".into())
+            .spawn(move || {
+                let purpose = match self.purpose {
+                    CodePurpose::Login => Purpose::Login {
+                        service: &service,
+                        rhost: rhost.as_deref(),
+                    },
+                    CodePurpose::ConfirmAddress => Purpose::ConfirmAddress,
+                };
+                let mail = CodeMail {
+                    user: &user,
+                    host: &host,
+                    code: &self.code,
+                    purpose,
+                    sent: self.sent,
+                    expires: self.expires,
+                };
+                let _ = tx.send(self.mailer.send(&self.to, &mail));
+                IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(err) = spawned {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            return Err(MailError(format!("cannot start a thread: {err}")));
+        }
+        match rx.recv_timeout(deadline) {
+            Ok(result) => result,
+            Err(_) => Err(MailError(format!(
+                "the mail was not handed over within {deadline:?}"
+            ))),
+        }
     }
 }
 

@@ -36,6 +36,9 @@ struct SharedOutbox(Outbox);
 
 impl MailSink for SharedOutbox {
     fn send(&self, to: &lettre::Address, mail: &CodeMail<'_>) -> Result<(), MailError> {
+        if to.to_string().starts_with("slow@") {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
         if to.to_string().starts_with("down@") {
             return Err(MailError(
                 "SMTP server mail.example.org:587: connection refused".into(),
@@ -85,7 +88,7 @@ impl Fixture {
         config.email = Some(
             Config::parse(
                 "[email]\nfrom = \"SmartSign <ss@web-3>\"\ntransport = \"sendmail\"\n\
-                 code_ttl = \"5m\"\nmax_per_hour = 3\n",
+                 code_ttl = \"5m\"\nmax_per_hour = 3\ntimeout = \"1s\"\n",
                 std::path::Path::new("test.toml"),
             )
             .unwrap()
@@ -108,7 +111,7 @@ impl Fixture {
             ])),
             Box::new(move || clock_now.load(Ordering::SeqCst)),
             "web-3".into(),
-            Some(Box::new(SharedOutbox(Arc::clone(&outbox)))),
+            Some(Arc::new(SharedOutbox(Arc::clone(&outbox)))),
         );
         Fixture {
             outbox,
@@ -1239,7 +1242,16 @@ fn a_mail_that_cannot_be_sent_is_said_and_leaves_no_code() {
     else {
         panic!("{answer:?}")
     };
-    assert!(message.contains("connection refused"), "{message}");
+    assert!(message.contains("could not be sent"), "{message}");
+    assert!(
+        !message.contains("down@"),
+        "the server's words stay in the log: {message}"
+    );
+    assert!(
+        f.last_line().contains("connection refused"),
+        "{}",
+        f.last_line()
+    );
     assert!(
         f.last_line()
             .contains("result=deny reason=\"not mailed: SMTP server"),
@@ -1267,8 +1279,25 @@ fn users_confirm_their_address_with_the_mailed_code() {
             },
         )
     };
-    assert_eq!(
+    // An address is a fallback beside a phone, never instead of one.
+    assert!(matches!(
         set(None),
+        Response::Error {
+            kind: ErrorKind::Refused,
+            ..
+        }
+    ));
+    let secret = f.enroll("alice", "Pixel");
+    assert!(matches!(
+        set(None),
+        Response::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        }
+    ));
+    let sent = set(Some(&code_at(&secret, f.time())));
+    assert_eq!(
+        sent,
         Response::EmailSent {
             to: "a****@example.org".into(),
             expires: f.time() + 300
@@ -1303,19 +1332,6 @@ fn users_confirm_their_address_with_the_mailed_code() {
         Some("alice@example.org")
     );
 
-    // Once a phone is enrolled, a new address needs its code first.
-    let secret = f.enroll("alice", "Pixel");
-    assert!(matches!(
-        set(None),
-        Response::Error {
-            kind: ErrorKind::CodeRequired,
-            ..
-        }
-    ));
-    assert!(matches!(
-        set(Some(&code_at(&secret, f.time()))),
-        Response::EmailSent { .. }
-    ));
     let remove = f.service.handle(
         ALICE,
         Request::EmailRemove {
@@ -1350,4 +1366,179 @@ fn users_confirm_their_address_with_the_mailed_code() {
             "{bad:?}"
         );
     }
+}
+
+/// Whoever reads the mailbox must not turn an emailed code into a phone:
+/// proofs for account changes are app codes only.
+#[test]
+fn an_emailed_code_is_no_proof_for_changes() {
+    let f = Fixture::new("email-proof");
+    f.enroll("alice", "Pixel");
+    f.service.handle(
+        0,
+        Request::EmailSet {
+            user: Some("alice".into()),
+            address: "alice@example.org".into(),
+            code: None,
+        },
+    );
+    f.send_code("alice");
+    let mailed = f.mailed_code();
+    let remove = f.service.handle(
+        ALICE,
+        Request::PhoneRemove {
+            user: None,
+            name: "Pixel".into(),
+            code: Some(mailed.as_str().into()),
+        },
+    );
+    assert!(
+        matches!(
+            remove,
+            Response::Error {
+                kind: ErrorKind::WrongCode,
+                ..
+            }
+        ),
+        "{remove:?}"
+    );
+    let add = add_as(&f, ALICE, "evil", Some(&mailed));
+    assert!(
+        matches!(
+            add,
+            Response::Error {
+                kind: ErrorKind::WrongCode,
+                ..
+            }
+        ),
+        "{add:?}"
+    );
+    let Response::Phones { phones } = f.service.handle(ALICE, Request::PhoneList { user: None })
+    else {
+        panic!()
+    };
+    assert_eq!(phones.len(), 1);
+}
+
+/// A new address ends every code mailed before: to the old address, and
+/// any other address waiting for confirmation.
+#[test]
+fn changing_the_address_ends_earlier_codes() {
+    let f = Fixture::new("email-change");
+    let secret = f.enroll("alice", "Pixel");
+    let root_sets = |address: &str| {
+        f.service.handle(
+            0,
+            Request::EmailSet {
+                user: Some("alice".into()),
+                address: address.into(),
+                code: None,
+            },
+        )
+    };
+    root_sets("old@example.org");
+    f.send_code("alice");
+    let old_code = f.mailed_code();
+    // Alice asks to move to another address, then root sets a third.
+    let proof = code_at(&secret, f.time());
+    f.service.handle(
+        ALICE,
+        Request::EmailSet {
+            user: None,
+            address: "pending@example.org".into(),
+            code: Some(proof.as_str().into()),
+        },
+    );
+    let pending_code = f.mailed_code();
+    assert_eq!(root_sets("new@example.org"), Response::Done);
+    assert_eq!(
+        f.verify("alice", &old_code),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+    let confirm = f.service.handle(
+        ALICE,
+        Request::EmailConfirm {
+            user: None,
+            code: pending_code.as_str().into(),
+        },
+    );
+    assert!(
+        matches!(
+            confirm,
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ),
+        "{confirm:?}"
+    );
+    assert_eq!(
+        f.service.store.email("alice").unwrap().as_deref(),
+        Some("new@example.org")
+    );
+}
+
+/// However slow the mail server, the request ends at `[email] timeout`,
+/// and the account is not held meanwhile.
+#[test]
+fn a_slow_mail_server_is_cut_off_at_the_timeout() {
+    let f = Fixture::new("email-slow");
+    let secret = f.enroll("alice", "Pixel");
+    f.service.handle(
+        0,
+        Request::EmailSet {
+            user: Some("alice".into()),
+            address: "slow@example.org".into(),
+            code: None,
+        },
+    );
+    let service = Arc::clone(&f.service);
+    let started = std::time::Instant::now();
+    let sending = std::thread::spawn(move || {
+        service.handle(
+            0,
+            Request::SendEmailCode {
+                login: login("alice"),
+            },
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Meanwhile the account answers at once.
+    let quick = std::time::Instant::now();
+    assert_eq!(
+        f.verify("alice", &code_at(&secret, f.time())),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+    assert!(
+        quick.elapsed() < std::time::Duration::from_millis(500),
+        "{:?}",
+        quick.elapsed()
+    );
+    let answer = sending.join().unwrap();
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::MailFailed,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        f.lines()
+            .iter()
+            .any(|l| l.contains("not handed over within 1s")),
+        "{:?}",
+        f.lines()
+    );
 }
