@@ -492,6 +492,10 @@ mod tests {
             err.contains("exit status: 67") && err.contains("no such user"),
             "{err}"
         );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a child left behind held the pipe"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
