@@ -169,7 +169,7 @@ impl DenyReason {
         match self {
             DenyReason::WrongCode => "wrong code",
             DenyReason::ReusedCode => "code already used",
-            DenyReason::MalformedCode => "not a 6-digit code",
+            DenyReason::MalformedCode => "that is not a code",
             DenyReason::ExpiredCode => "that emailed code has expired",
         }
     }

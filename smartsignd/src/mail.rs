@@ -284,17 +284,26 @@ pub fn new_code() -> Result<Zeroizing<String>, MailError> {
     Err(MailError("the OS random source keeps failing".into()))
 }
 
-/// A file that holds a credential: refused when group or others may read it.
+/// A file that holds a credential: refused when anybody may read it.
+/// Owner- or group-readable (`root:_smartsign 0640`) is fine.
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, MailError> {
     let what = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|err| fail(&what, err))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & 0o007 != 0 {
         return Err(MailError(format!(
-            "{what} holds a password but is readable by others (mode {mode:o}): chmod 600 it"
+            "{what} holds a password but everybody may read it (mode {mode:o}): chmod o= it"
         )));
     }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|err| fail(&what, err))?);
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        let hint = if err.kind() == std::io::ErrorKind::PermissionDenied {
+            " (give it to smartsignd's user or group, e.g. chgrp _smartsign, mode 0640)"
+        } else {
+            ""
+        };
+        fail(&what, format!("{err}{hint}"))
+    })?;
+    let text = Zeroizing::new(text);
     Ok(Zeroizing::new(
         text.trim_end_matches(['\r', '\n']).to_owned(),
     ))
@@ -425,8 +434,14 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read_secret_file(&file).unwrap_err();
         assert!(
-            err.to_string().contains("readable by others (mode 644)"),
+            err.to_string().contains("everybody may read it (mode 644)"),
             "{err}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(
+            read_secret_file(&file).unwrap().as_str(),
+            "hunter2",
+            "group-readable is fine"
         );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_secret_file(&file).unwrap().as_str(), "hunter2");

@@ -324,7 +324,7 @@ impl Service {
         let Some(code) = code else {
             return Err(Refusal::quiet(
                 ErrorKind::CodeRequired,
-                format!("{user} already has a phone: give the current code from one of them"),
+                "this change needs the current code from one of the account's enrolled phones",
             ));
         };
         let login = LoginContext {

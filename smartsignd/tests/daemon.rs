@@ -298,11 +298,19 @@ fn an_smtp_password_others_can_read_stops_the_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("readable by others (mode 644): chmod 600 it"),
+        err.contains("everybody may read it (mode 644): chmod o= it"),
         "{err}"
     );
     assert!(!err.contains("hunter2"));
     assert!(!dir.join("s.sock").exists(), "nothing served");
+    // --check-config says so too.
+    let check = Command::new(SMARTSIGND)
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("everybody may read it"));
 }
 
 /// Under systemd (Type=notify) the daemon says READY=1 once it listens.

@@ -114,7 +114,7 @@ fn sudo_like_stack_run_by_root() {
     let out = pamtester(&dir, &stack, &user.name, &["secret", "12345"], None);
     assert!(!out.status.success());
     assert!(
-        output(&out).contains("SmartSign: not a 6-digit code."),
+        output(&out).contains("SmartSign: that is not a code."),
         "{}",
         output(&out)
     );

@@ -260,6 +260,19 @@ impl App {
         match response {
             Response::Done => {
                 println!("Phone {name:?} removed.");
+                let left = match self.call(Request::PhoneList {
+                    user: self.user.clone(),
+                }) {
+                    Ok(Response::Phones { phones }) => {
+                        phones.iter().filter(|p| p.confirmed).count()
+                    }
+                    _ => 1,
+                };
+                if left == 0 {
+                    println!(
+                        "No enrolled phone is left: logins ask for no second factor until one is added."
+                    );
+                }
                 Ok(())
             }
             other => Err(unexpected(&other)),

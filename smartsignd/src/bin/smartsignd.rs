@@ -24,6 +24,13 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        // What can be checked without starting: the SMTP password file.
+        if let Some(settings) = &config.email
+            && let Err(err) = Mailer::new(settings)
+        {
+            eprintln!("smartsignd: [email]: {err}");
+            return ExitCode::from(2);
+        }
         println!(
             "# {}: configuration OK; effective settings:",
             cli.config.display()
