@@ -303,7 +303,7 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
             let request = frame.request;
             let summary = request.to_string();
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                service.handle(uid, request)
+                service.handle_while(uid, request, &|| !client_gone(&stream))
             })) {
                 Ok(response) => response,
                 Err(_) => {

@@ -131,6 +131,19 @@ impl Service {
     }
 
     pub fn handle(&self, peer_uid: u32, request: Request) -> Response {
+        self.handle_while(peer_uid, request, &|| true)
+    }
+
+    /// Like [`Service::handle`]; `wanted` says whether the caller still
+    /// waits for the answer. It is asked once the account's turn has come:
+    /// a login that gave up meanwhile must not spend a code or count a
+    /// failure.
+    pub fn handle_while(
+        &self,
+        peer_uid: u32,
+        request: Request,
+        wanted: &dyn Fn() -> bool,
+    ) -> Response {
         let login = match &request {
             Request::Begin { login }
             | Request::SendEmailCode { login }
@@ -139,7 +152,7 @@ impl Service {
         };
         let op = request.op();
         let (user, result) = match self.authorize(peer_uid, &request) {
-            Ok(user) => (user.clone(), self.dispatch(peer_uid, user, request)),
+            Ok(user) => (user.clone(), self.dispatch(peer_uid, user, request, wanted)),
             Err(refusal) => (
                 request.target_user().unwrap_or("-").to_owned(),
                 Err(refusal),
@@ -184,9 +197,26 @@ impl Service {
     /// name. One request at a time per account: a check and the change it
     /// allows (the lockout and the failure it counts, the proof for a phone
     /// and adding it) cannot be split by a concurrent request.
-    fn dispatch(&self, peer_uid: u32, user: String, request: Request) -> Result<Response, Refusal> {
+    fn dispatch(
+        &self,
+        peer_uid: u32,
+        user: String,
+        request: Request,
+        wanted: &dyn Fn() -> bool,
+    ) -> Result<Response, Refusal> {
+        let gone = || {
+            crate::say!("uid {peer_uid} left before its turn on {user} came; dropped");
+            Err(Refusal::quiet(ErrorKind::Internal, "the caller left"))
+        };
         // These hold the account only while they read and write the store,
         // not while a mail server takes its time.
+        if matches!(
+            request,
+            Request::SendEmailCode { .. } | Request::EmailSet { .. }
+        ) && !wanted()
+        {
+            return gone();
+        }
         let request = match request {
             Request::SendEmailCode { login } => {
                 return self.send_login_code(peer_uid, &LoginContext { user, ..login });
@@ -197,6 +227,9 @@ impl Service {
             other => other,
         };
         let _one_at_a_time = self.account_lock(&user);
+        if !wanted() {
+            return gone();
+        }
         match request {
             Request::Begin { login } => self.begin(peer_uid, &LoginContext { user, ..login }),
             // Both went their own way above.

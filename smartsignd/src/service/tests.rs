@@ -1542,3 +1542,34 @@ fn a_slow_mail_server_is_cut_off_at_the_timeout() {
         f.lines()
     );
 }
+
+/// A login that gave up while it waited for its account's turn is dropped
+/// when the turn comes: its code is not spent and nothing is counted.
+#[test]
+fn a_request_whose_caller_left_is_dropped() {
+    let f = Fixture::new("caller-left");
+    let secret = f.enroll("alice", "Pixel");
+    let code = code_at(&secret, f.time());
+    let request = Request::VerifyCode {
+        login: login("alice"),
+        code: code.as_str().into(),
+    };
+    let answer = f.service.handle_while(0, request.clone(), &|| false);
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                kind: ErrorKind::Internal,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(!f.lines().iter().any(|l| l.contains("result=allow")));
+    assert_eq!(
+        f.service.handle(0, request),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+}
