@@ -607,14 +607,8 @@ impl Service {
         name: &str,
         code: &Secret,
     ) -> Result<Response, Refusal> {
-        check_phone_name(name)?;
-        let phones = self.store.phones(user)?;
-        let Some(phone) = phones.iter().find(|p| p.name == name) else {
-            return Err(Refusal::quiet(
-                ErrorKind::NotFound,
-                format!("no phone named {name:?}"),
-            ));
-        };
+        let (phones, index) = self.phone_named(user, name)?;
+        let phone = &phones[index];
         if phone.confirmed {
             return Err(Refusal::quiet(
                 ErrorKind::AlreadyExists,
@@ -657,6 +651,16 @@ impl Service {
         }
     }
 
+    /// The account's phones and the index of the one called `name`.
+    fn phone_named(&self, user: &str, name: &str) -> Result<(Vec<PhoneRecord>, usize), Refusal> {
+        check_phone_name(name)?;
+        let phones = self.store.phones(user)?;
+        match phones.iter().position(|p| p.name == name) {
+            Some(index) => Ok((phones, index)),
+            None => Err(no_such_phone(name)),
+        }
+    }
+
     fn phone_list(&self, user: &str) -> Result<Response, Refusal> {
         Ok(Response::Phones {
             phones: self.store.phones(user)?.iter().map(phone_info).collect(),
@@ -670,23 +674,13 @@ impl Service {
         name: &str,
         code: Option<&Secret>,
     ) -> Result<Response, Refusal> {
-        check_phone_name(name)?;
-        let phones = self.store.phones(user)?;
-        let Some(phone) = phones.iter().find(|p| p.name == name) else {
-            return Err(Refusal::quiet(
-                ErrorKind::NotFound,
-                format!("no phone named {name:?}"),
-            ));
-        };
+        let (phones, index) = self.phone_named(user, name)?;
         // A pending phone never counted at login; dropping one needs no proof.
-        if phone.confirmed {
+        if phones[index].confirmed {
             self.require_code(peer_uid, user, code)?;
         }
         if !self.store.remove_phone(user, name)? {
-            return Err(Refusal::quiet(
-                ErrorKind::NotFound,
-                format!("no phone named {name:?}"),
-            ));
+            return Err(no_such_phone(name));
         }
         self.audit_manage(peer_uid, user, Some(name), "phone removed");
         self.flush();
@@ -770,6 +764,10 @@ fn phone_info(phone: &PhoneRecord) -> PhoneInfo {
 /// Codes are often typed as `123 456`.
 fn normalize(code: &str) -> zeroize::Zeroizing<String> {
     zeroize::Zeroizing::new(code.chars().filter(|c| *c != ' ').collect())
+}
+
+fn no_such_phone(name: &str) -> Refusal {
+    Refusal::quiet(ErrorKind::NotFound, format!("no phone named {name:?}"))
 }
 
 fn check_phone_name(name: &str) -> Result<(), Refusal> {
