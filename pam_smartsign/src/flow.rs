@@ -27,6 +27,8 @@ pub trait Pam {
     fn prompt_hidden(&mut self, prompt: &str) -> Result<Option<Secret>, Outcome>;
     /// Tells the user something went wrong (`PAM_ERROR_MSG`).
     fn error(&mut self, text: &str);
+    /// Tells the user something (`PAM_TEXT_INFO`).
+    fn info(&mut self, text: &str);
     /// Logs through `pam_syslog` (LOG_AUTHPRIV).
     fn log(&mut self, priority: Priority, text: &str);
 }
@@ -70,6 +72,11 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                 );
             }
             return Outcome::Ignore;
+        }
+        Ok(Response::Skip { notice }) => return skip(pam, notice.as_deref()),
+        Ok(Response::Deny { reason }) => {
+            pam.error(&format!("SmartSign: {}.", reason.describe()));
+            return Outcome::AuthErr;
         }
         Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
         Ok(other) => return odd_answer(pam, args, &other),
@@ -191,10 +198,21 @@ fn verify(
             pam.error(&format!("SmartSign: {}.", reason.describe()));
             Outcome::AuthErr
         }
+        Ok(Response::Skip { notice }) => skip(pam, notice.as_deref()),
+        Ok(Response::NotEnrolled) => Outcome::Ignore,
         Ok(Response::LockedOut { until }) => locked_out(pam, until, now),
         Ok(other) => odd_answer(pam, args, &other),
         Err(err) => unavailable(pam, args, &err.to_string()),
     }
+}
+
+/// The policy lets this login through without a second factor: never
+/// PAM_SUCCESS, so that SmartSign cannot stand in for the password.
+fn skip(pam: &mut dyn Pam, notice: Option<&str>) -> Outcome {
+    if let Some(notice) = notice {
+        pam.info(&printable(notice));
+    }
+    Outcome::Ignore
 }
 
 fn locked_out(pam: &mut dyn Pam, until: u64, now: u64) -> Outcome {
@@ -282,6 +300,7 @@ mod tests {
         answers: VecDeque<Result<Option<Secret>, Outcome>>,
         prompts: Vec<String>,
         errors: Vec<String>,
+        infos: Vec<String>,
         logs: Vec<(Priority, String)>,
     }
 
@@ -314,6 +333,9 @@ mod tests {
         }
         fn error(&mut self, text: &str) {
             self.errors.push(text.into());
+        }
+        fn info(&mut self, text: &str) {
+            self.infos.push(text.into());
         }
         fn log(&mut self, priority: Priority, text: &str) {
             self.logs.push((priority, text.into()));
@@ -726,5 +748,35 @@ mod tests {
             );
             assert_eq!(pam.prompts[1], "SmartSign code for alice: ");
         }
+    }
+
+    #[test]
+    fn policy_skips_are_ignore_with_the_notice_and_denials_are_errors() {
+        let mut pam = ScriptedPam::alice(&[]);
+        let notice =
+            "SmartSign becomes required on 1 April 2027; enroll with: smartsign phone add NAME";
+        let daemon = ScriptedDaemon::new(vec![(
+            "begin",
+            Ok(Response::Skip {
+                notice: Some(notice.into()),
+            }),
+        )]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Ignore);
+        assert_eq!(pam.infos, [notice]);
+        assert!(pam.prompts.is_empty());
+
+        let mut pam = ScriptedPam::alice(&[]);
+        let daemon = ScriptedDaemon::new(vec![(
+            "begin",
+            Ok(Response::Deny {
+                reason: DenyReason::NotEnrolled,
+            }),
+        )]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert!(
+            pam.errors[0].contains("ask your administrator"),
+            "{:?}",
+            pam.errors
+        );
     }
 }

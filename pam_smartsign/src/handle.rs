@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, c_char, c_int};
 
-use pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_SILENT, PamFlag};
+use pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_SILENT, PAM_TEXT_INFO, PamFlag};
 use pam::conv::Conv;
 use pam::items::{RHost, Service, Tty};
 use pam::module::PamHandle;
@@ -28,6 +28,16 @@ impl<'a> Handle<'a> {
         Self {
             pamh,
             silent: flags & PAM_SILENT != 0,
+        }
+    }
+
+    fn message(&mut self, style: pam::constants::PamMessageStyle, text: &str) {
+        if self.silent {
+            return;
+        }
+        if let Ok(Some(conv)) = self.pamh.get_item::<Conv>() {
+            // A failed message changes nothing about the login's outcome.
+            let _ = conv.send(style, text);
         }
     }
 
@@ -80,13 +90,11 @@ impl Pam for Handle<'_> {
     }
 
     fn error(&mut self, text: &str) {
-        if self.silent {
-            return;
-        }
-        if let Ok(Some(conv)) = self.pamh.get_item::<Conv>() {
-            // A failed message changes nothing about the login's outcome.
-            let _ = conv.send(PAM_ERROR_MSG, text);
-        }
+        self.message(PAM_ERROR_MSG, text);
+    }
+
+    fn info(&mut self, text: &str) {
+        self.message(PAM_TEXT_INFO, text);
     }
 
     fn log(&mut self, priority: Priority, text: &str) {

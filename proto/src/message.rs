@@ -161,6 +161,8 @@ pub enum DenyReason {
     MalformedCode,
     /// An emailed code past its time.
     ExpiredCode,
+    /// No phone, and the policy requires one.
+    NotEnrolled,
 }
 
 impl DenyReason {
@@ -171,6 +173,10 @@ impl DenyReason {
             DenyReason::ReusedCode => "code already used",
             DenyReason::MalformedCode => "that is not a code",
             DenyReason::ExpiredCode => "that emailed code has expired",
+            DenyReason::NotEnrolled => {
+                "no phone is enrolled for this account, and this host requires one; \
+                 ask your administrator"
+            }
         }
     }
 }
@@ -251,6 +257,12 @@ pub enum Response {
     },
     /// No confirmed phone: SmartSign has nothing to ask.
     NotEnrolled,
+    /// Policy lets this login through without a second factor (a trusted
+    /// network, an exempt group, the grace period); `notice` is for the user.
+    Skip {
+        #[serde(default)]
+        notice: Option<String>,
+    },
     Allow {
         phone: String,
     },

@@ -20,6 +20,8 @@ pub struct Config {
     pub totp: TotpConfig,
     #[serde(default)]
     pub lockout: LockoutConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Emergency codes by email; off when the table is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailConfig>,
@@ -158,9 +160,81 @@ impl Default for Config {
             state_dir: default_state_dir(),
             totp: TotpConfig::default(),
             lockout: LockoutConfig::default(),
+            policy: PolicyConfig::default(),
             email: None,
         }
     }
+}
+
+/// `[policy]`: who needs SmartSign, and from when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Until then users without a phone may log in without one: a date
+    /// (the start of that day in the host's time zone) or an RFC 3339 time.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deadline"
+    )]
+    pub skip_until: Option<String>,
+    #[serde(default)]
+    pub unenrolled: crate::policy::Unenrolled,
+    /// Only members of these groups need SmartSign (empty: everybody).
+    #[serde(default)]
+    pub require_groups: Vec<String>,
+    /// Members of these groups never need it.
+    #[serde(default)]
+    pub exempt_groups: Vec<String>,
+    /// Logins from these networks need no second factor.
+    #[serde(default, deserialize_with = "networks")]
+    pub trusted_networks: Vec<String>,
+    /// A login with no remote host (console, local su) counts as trusted.
+    #[serde(default)]
+    pub trust_local: bool,
+}
+
+/// The instant a `skip_until` value names, in Unix seconds, and how to say it.
+pub fn resolve_deadline(text: &str) -> Result<(i64, String), String> {
+    use jiff::{Timestamp, civil::Date, tz::TimeZone};
+
+    // A bare date; Date's parser would also take the date out of a full time.
+    let date_only = text.len() == 10 && !text.contains(['T', 't', ' ']);
+    if let Some(date) = date_only.then(|| text.parse::<Date>().ok()).flatten() {
+        let zoned = date
+            .to_zoned_datetime(TimeZone::system())
+            .map_err(|err| format!("{text:?}: {err}"))?;
+        let said = format!("{}", date.strftime("%-d %B %Y"));
+        return Ok((zoned.timestamp().as_second(), said));
+    }
+    let instant: Timestamp = text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not a date (2027-04-01) or an RFC 3339 time (2027-04-01T08:00:00+02:00)"
+        )
+    })?;
+    let local = instant.to_zoned_datetime(TimeZone::system());
+    Ok((
+        instant.as_second(),
+        format!("{}", local.strftime("%-d %B %Y %H:%M %Z")),
+    ))
+}
+
+fn deadline<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(de)?;
+    resolve_deadline(&text).map_err(serde::de::Error::custom)?;
+    Ok(Some(text))
+}
+
+fn networks<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(de)?;
+    for net in &list {
+        net.parse::<ipnet::IpNet>().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{net:?} is not a network such as \"10.0.0.0/8\" or \"fd00::/8\""
+            ))
+        })?;
+    }
+    Ok(list)
 }
 
 impl Default for TotpConfig {
@@ -237,6 +311,19 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Loads the file and resolves its policy: what the daemon starts with.
+    pub fn load_with_policy(path: &Path) -> Result<(Config, crate::policy::Policy), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {err}"),
+        })?;
+        let config = Config::parse(&text, path)?;
+        let policy = config.resolve_policy(&text, path)?;
+        Ok((config, policy))
+    }
+
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = Config::parse_toml(text, path)?;
         config.check(text, path)?;
@@ -294,6 +381,48 @@ impl Config {
                 key,
                 message: err.message().trim().to_owned(),
             }
+        })
+    }
+
+    /// The policy with group names looked up (through NSS) and the deadline
+    /// resolved. A group that does not exist is an error, never a silent
+    /// exemption of everybody (or of nobody).
+    pub fn resolve_policy(
+        &self,
+        text: &str,
+        path: &Path,
+    ) -> Result<crate::policy::Policy, ConfigError> {
+        let policy = &self.policy;
+        let error = |key: &str, message: String| ConfigError {
+            path: path.to_owned(),
+            line: line_of(text, key),
+            key: Some(key.to_owned()),
+            message,
+        };
+        let gids = |key: &str, names: &[String]| -> Result<Vec<(String, u32)>, ConfigError> {
+            names
+                .iter()
+                .map(|name| match nix::unistd::Group::from_name(name) {
+                    Ok(Some(group)) => Ok((name.clone(), group.gid.as_raw())),
+                    _ => Err(error(key, format!("group {name:?} does not exist"))),
+                })
+                .collect()
+        };
+        let skip_until = match &policy.skip_until {
+            Some(text) => Some(resolve_deadline(text).map_err(|why| error("skip_until", why))?),
+            None => None,
+        };
+        Ok(crate::policy::Policy {
+            skip_until,
+            unenrolled: policy.unenrolled,
+            require_groups: gids("require_groups", &policy.require_groups)?,
+            exempt_groups: gids("exempt_groups", &policy.exempt_groups)?,
+            trusted_networks: policy
+                .trusted_networks
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            trust_local: policy.trust_local,
         })
     }
 
@@ -534,6 +663,67 @@ mod tests {
             );
             assert!(err.to_string().contains(words), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn policy_keys() {
+        let text = "[policy]\nskip_until = \"2027-04-01\"\nunenrolled = \"allow\"\n\
+                    exempt_groups = [\"root\"]\ntrusted_networks = [\"10.0.0.0/8\", \"fd00::/8\"]\n";
+        let config = parse(text).unwrap();
+        let policy = config.resolve_policy(text, Path::new("t.toml")).unwrap();
+        assert_eq!(policy.exempt_groups, [("root".to_owned(), 0)]);
+        assert_eq!(policy.trusted_networks.len(), 2);
+        let (_, said) = policy.skip_until.unwrap();
+        assert_eq!(said, "1 April 2027");
+        let (at, _) = resolve_deadline("2027-04-01T08:00:00+02:00").unwrap();
+        assert_eq!(at, 1_806_559_200);
+    }
+
+    #[test]
+    fn policy_mistakes_name_the_key() {
+        for (text, line, key, words) in [
+            (
+                "[policy]\nskip_until = \"next spring\"\n",
+                2,
+                "skip_until",
+                "not a date",
+            ),
+            (
+                "[policy]\ntrusted_networks = [\"10.0.0.0/33\"]\n",
+                2,
+                "trusted_networks",
+                "not a network",
+            ),
+            (
+                "[policy]\nunenrolled = \"maybe\"\n",
+                2,
+                "unenrolled",
+                "unknown variant",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(
+                (err.line, err.key.as_deref()),
+                (Some(line), Some(key)),
+                "{err}"
+            );
+            assert!(err.to_string().contains(words), "{err}");
+        }
+        let text = "[policy]\n\nexempt_groups = [\"no-such-group-here\"]\n";
+        let err = parse(text)
+            .unwrap()
+            .resolve_policy(text, Path::new("t.toml"))
+            .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("exempt_groups")),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("\"no-such-group-here\" does not exist"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod mail;
 pub mod names;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -15,6 +15,7 @@ use crate::audit::{AuditEvent, AuditSink, Method, Outcome};
 use crate::config::Config;
 use crate::mail::MailSink;
 use crate::names;
+use crate::policy::{Decision, Facts, Policy};
 use crate::store::{PhoneRecord, Store, StoreError};
 use crate::totp::{self, CodeMatch};
 
@@ -25,6 +26,8 @@ pub const MAX_PHONES: usize = 20;
 pub trait Accounts: Send + Sync {
     fn uid_of(&self, user: &str) -> Option<u32>;
     fn name_of(&self, uid: u32) -> Option<String>;
+    /// Every gid the user belongs to, primary and supplementary.
+    fn gids_of(&self, user: &str) -> Vec<u32>;
 }
 
 pub struct Nss;
@@ -43,6 +46,19 @@ impl Accounts for Nss {
             .flatten()
             .map(|u| u.name)
     }
+
+    fn gids_of(&self, user: &str) -> Vec<u32> {
+        let Ok(Some(entry)) = nix::unistd::User::from_name(user) else {
+            return Vec::new();
+        };
+        let Ok(name) = std::ffi::CString::new(user) else {
+            return Vec::new();
+        };
+        match nix::unistd::getgrouplist(&name, entry.gid) {
+            Ok(gids) => gids.into_iter().map(|g| g.as_raw()).collect(),
+            Err(_) => vec![entry.gid.as_raw()],
+        }
+    }
 }
 
 pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -57,6 +73,8 @@ pub fn system_clock() -> Clock {
 
 pub struct Service {
     pub config: Config,
+    /// `[policy]`, resolved at start.
+    pub policy: Policy,
     pub store: Box<dyn Store>,
     pub audit: Box<dyn AuditSink>,
     pub accounts: Box<dyn Accounts>,
@@ -71,6 +89,14 @@ pub struct Service {
 }
 
 const ACCOUNT_STRIPES: usize = 64;
+
+/// Whether a check is for a login, which the policy may exempt, or for a
+/// proof of an account change, which it may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    Policy,
+    EnrollmentOnly,
+}
 
 /// Which codes an answer may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +134,10 @@ impl From<StoreError> for Refusal {
 }
 
 impl Service {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
+        policy: Policy,
         store: Box<dyn Store>,
         audit: Box<dyn AuditSink>,
         accounts: Box<dyn Accounts>,
@@ -119,6 +147,7 @@ impl Service {
     ) -> Service {
         Service {
             config,
+            policy,
             store,
             audit,
             accounts,
@@ -389,7 +418,7 @@ impl Service {
     }
 
     fn begin(&self, peer_uid: u32, login: &LoginContext) -> Result<Response, Refusal> {
-        match self.phones_to_ask(peer_uid, login, Method::None)? {
+        match self.phones_to_ask(peer_uid, login, Method::None, Apply::Policy)? {
             Ok(phones) => Ok(Response::Challenge {
                 phones: phones.into_iter().map(|p| p.name).collect(),
                 email: self.email_offer(&login.user)?,
@@ -405,9 +434,47 @@ impl Service {
         peer_uid: u32,
         login: &LoginContext,
         method: Method,
+        policy: Apply,
     ) -> Result<Result<Vec<PhoneRecord>, Response>, Refusal> {
+        let now = (self.clock)();
         let phones = confirmed(self.store.phones(&login.user)?);
-        if phones.is_empty() {
+        if policy == Apply::Policy {
+            let gids = self.accounts.gids_of(&login.user);
+            let facts = Facts {
+                now: now as i64,
+                rhost: login.rhost.as_deref(),
+                gids: &gids,
+                enrolled: !phones.is_empty(),
+            };
+            let skip = |why: &str, answer: Response| {
+                self.audit_login(login, peer_uid, Method::None, None, Outcome::Ignore, why);
+                Ok(Err(answer))
+            };
+            match self.policy.decide(&facts) {
+                Decision::Ask => {}
+                Decision::Exempt(why) => return skip(&why, Response::Skip { notice: None }),
+                Decision::Grace { deadline } => {
+                    let notice = format!(
+                        "SmartSign becomes required on {deadline}; enroll with: smartsign phone add NAME"
+                    );
+                    let why = format!("not enrolled; allowed until {deadline}");
+                    return skip(
+                        &why,
+                        Response::Skip {
+                            notice: Some(notice),
+                        },
+                    );
+                }
+                Decision::UnenrolledAllowed => return skip("not enrolled", Response::NotEnrolled),
+                Decision::UnenrolledDenied => {
+                    let why = "not enrolled, and the policy requires SmartSign";
+                    self.audit_login(login, peer_uid, Method::None, None, Outcome::Deny, why);
+                    return Ok(Err(Response::Deny {
+                        reason: DenyReason::NotEnrolled,
+                    }));
+                }
+            }
+        } else if phones.is_empty() {
             self.audit_login(
                 login,
                 peer_uid,
@@ -418,7 +485,7 @@ impl Service {
             );
             return Ok(Err(Response::NotEnrolled));
         }
-        if let Some(until) = self.store.locked_until(&login.user, (self.clock)())? {
+        if let Some(until) = self.store.locked_until(&login.user, now)? {
             self.audit_login(login, peer_uid, method, None, Outcome::Deny, "locked out");
             return Ok(Err(Response::LockedOut { until }));
         }
@@ -443,7 +510,12 @@ impl Service {
         codes: Codes,
     ) -> Result<Response, Refusal> {
         let now = (self.clock)();
-        let phones = match self.phones_to_ask(peer_uid, login, Method::AppCode)? {
+        let policy = if codes == Codes::AppOrEmail {
+            Apply::Policy
+        } else {
+            Apply::EnrollmentOnly
+        };
+        let phones = match self.phones_to_ask(peer_uid, login, Method::AppCode, policy)? {
             Ok(phones) => phones,
             Err(answer) => return Ok(answer),
         };

@@ -345,3 +345,31 @@ fn readiness_is_told_to_systemd() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
     assert!(listening, "ready means listening");
 }
+
+#[test]
+fn a_group_that_does_not_exist_stops_the_start() {
+    let dir = TempDir::new("nogroup");
+    let config = dir.join("smartsign.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {:?}\nstate_dir = {:?}\n[policy]\nexempt_groups = [\"no-such-group-x\"]\n",
+            dir.join("s.sock"),
+            dir.join("state")
+        ),
+    )
+    .unwrap();
+    for args in [&["--config"][..], &["--check-config", "--config"]] {
+        let out = Command::new(SMARTSIGND)
+            .args(args)
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(":4: key `exempt_groups`: group \"no-such-group-x\" does not exist"),
+            "{err}"
+        );
+    }
+}

@@ -277,3 +277,67 @@ fn a_fake_daemon_run_by_a_user_is_not_believed() {
         output(&out)
     );
 }
+
+/// PAM_RHOST as sshd would set it (through pam_wrapper's pam_set_items):
+/// IPv4, IPv6 with a scope, IPv4-mapped; a host name never matches.
+#[test]
+fn trusted_networks_by_remote_address() {
+    require_root();
+    let dir = TempDir::new("pamrhost");
+    let user = TestUser::new("sse2e-rhost");
+    let policy = "[policy]\ntrusted_networks = [\"10.0.0.0/8\", \"fd00::/8\"]\n";
+    let daemon = Daemon::start(&dir, policy);
+    let services = dir.join("pam.d");
+    std::fs::create_dir_all(&services).unwrap();
+    let set_items = "/usr/lib/x86_64-linux-gnu/pam_wrapper/pam_set_items.so";
+    std::fs::write(
+        services.join("smartsign-test"),
+        format!(
+            "auth required {set_items}\nauth required {} socket={}\n",
+            module_path().display(),
+            daemon.socket.display()
+        ),
+    )
+    .unwrap();
+    let stack = Stack {
+        services,
+        passdb: dir.join("passdb"),
+    };
+    daemon.enroll(&user.name, "Pixel");
+
+    for (rhost, trusted) in [
+        ("10.1.2.3", true),
+        ("fd00::5%eth0", true),
+        ("::ffff:10.9.8.7", true),
+        ("192.0.2.7", false),
+        ("10.example.org", false),
+    ] {
+        let out = pamtester_with_rhost(&dir, &stack, &user.name, rhost);
+        assert_eq!(out.status.success(), trusted, "{rhost}: {}", output(&out));
+        assert_eq!(
+            !output(&out).contains("SmartSign code for"),
+            trusted,
+            "{rhost}"
+        );
+    }
+    assert!(daemon.audit().iter().any(|l| l.contains("rhost=\"fd00::5%eth0\"") && l.contains("trusted network fd00::/8")));
+}
+
+fn pamtester_with_rhost(dir: &TempDir, stack: &Stack, user: &str, rhost: &str) -> Output {
+    let tmp = dir.join("pw-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut child = Command::new("pamtester")
+        .args(["-v", "smartsign-test", user, "authenticate"])
+        .env("LD_PRELOAD", "libpam_wrapper.so")
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", &stack.services)
+        .env("TMPDIR", &tmp)
+        .env("PAM_RHOST", rhost)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "000000").unwrap();
+    child.wait_with_output().unwrap()
+}

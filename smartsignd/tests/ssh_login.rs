@@ -234,7 +234,7 @@ fn daemon_stopped_with_failmode_safe_leaves_it_to_the_password() {
 
 #[test]
 fn a_user_without_a_phone_logs_in_with_the_password_alone() {
-    let s = setup("unenrolled", "", "");
+    let s = setup("unenrolled", "[policy]\nunenrolled = \"allow\"\n", "");
     let login = s.login_with("");
     assert!(login.logged_in_as(&s.user.name), "{}", login.stderr);
     assert!(!login.asked_for_code());
@@ -327,4 +327,44 @@ fn an_alias_of_an_enrolled_account_is_asked_for_the_code() {
             .any(|l| l.starts_with(&line) && l.contains("result=allow")),
         "{audit:?}"
     );
+}
+
+/// By default a user without a phone is refused once SmartSign is
+/// required; before the deadline they get in and are told from when.
+#[test]
+fn the_policy_for_users_without_a_phone() {
+    let s = setup("nophone", "", "");
+    let login = s.login_with("");
+    assert!(!login.status.success());
+    assert!(!login.asked_for_code());
+    assert!(s.audit_has(&[
+        "result=deny",
+        "not enrolled, and the policy requires SmartSign"
+    ]));
+
+    let s = setup("grace", "[policy]\nskip_until = \"2099-01-01\"\n", "");
+    let login = s.login_with("");
+    assert!(login.logged_in_as(&s.user.name), "{}", s.daemon.log());
+    assert!(s.audit_has(&[
+        "result=ignore",
+        "not enrolled; allowed until 1 January 2099"
+    ]));
+}
+
+#[test]
+fn a_trusted_network_needs_no_code() {
+    let s = setup(
+        "trusted",
+        "[policy]\ntrusted_networks = [\"127.0.0.0/8\"]\n",
+        "",
+    );
+    s.daemon.enroll(&s.user.name, "Pixel 8");
+    let login = s.login_with("");
+    assert!(login.logged_in_as(&s.user.name), "{}", s.daemon.log());
+    assert!(!login.asked_for_code());
+    assert!(s.audit_has(&[
+        "rhost=127.0.0.1",
+        "result=ignore",
+        "trusted network 127.0.0.0/8"
+    ]));
 }

@@ -16,8 +16,8 @@ use smartsignd::store::SqliteStore;
 fn main() -> ExitCode {
     let cli = Cli::parse();
 
-    let config = match Config::load(&cli.config) {
-        Ok(config) => config,
+    let (config, policy) = match Config::load_with_policy(&cli.config) {
+        Ok(loaded) => loaded,
         Err(err) => {
             smartsignd::say!("configuration error: {err}");
             return ExitCode::from(2);
@@ -36,6 +36,9 @@ fn main() -> ExitCode {
             cli.config.display()
         );
         print!("{}", config.to_toml());
+        if let Some((_, said)) = &policy.skip_until {
+            println!("# skip_until ends at {said} (a date means the start of that day here)");
+        }
         return ExitCode::SUCCESS;
     }
 
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
     );
     let service = Service::new(
         config,
+        policy,
         Box::new(store),
         Box::new(Syslog::new(true)),
         Box::new(Nss),

@@ -42,7 +42,9 @@ impl Service {
     ) -> Result<Response, Refusal> {
         let outgoing = {
             let _one_at_a_time = self.account_lock(&login.user);
-            if let Err(answer) = self.phones_to_ask(peer_uid, login, Method::EmailCode)? {
+            if let Err(answer) =
+                self.phones_to_ask(peer_uid, login, Method::EmailCode, super::Apply::Policy)?
+            {
                 return Ok(answer);
             }
             let Some(address) = self.store.email(&login.user)? else {

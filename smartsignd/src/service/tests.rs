@@ -7,6 +7,7 @@ use totp_rs::{Algorithm, Builder, Secret as TotpSecret};
 use super::*;
 use crate::audit::Memory;
 use crate::mail::{CodeMail, MailError, MailSink};
+use crate::policy::{Policy, Unenrolled};
 use crate::store::SqliteStore;
 use std::sync::Mutex;
 
@@ -26,6 +27,14 @@ impl Accounts for Users {
             .iter()
             .find(|(_, u)| *u == uid)
             .map(|(n, _)| (*n).to_owned())
+    }
+    /// Alice is in group 900, the others in none.
+    fn gids_of(&self, user: &str) -> Vec<u32> {
+        if user == "alice" {
+            vec![ALICE, 900]
+        } else {
+            vec![]
+        }
     }
 }
 
@@ -98,6 +107,12 @@ impl Fixture {
         let clock_now = Arc::clone(&now);
         let service = Service::new(
             config,
+            // The tests of the first login predate the policy: users without
+            // a phone are let through, as `unenrolled = "allow"` says.
+            Policy {
+                unenrolled: Unenrolled::Allow,
+                ..Policy::default()
+            },
             Box::new(SqliteStore::open(&dir).unwrap()),
             Box::new(SharedAudit(Arc::clone(&audit))),
             // Like NSS: "Alice" and an alias resolve to alice's uid, whose
@@ -1568,6 +1583,91 @@ fn a_request_whose_caller_left_is_dropped() {
     assert!(!f.lines().iter().any(|l| l.contains("result=allow")));
     assert_eq!(
         f.service.handle(0, request),
+        Response::Allow {
+            phone: "Pixel".into()
+        }
+    );
+}
+
+fn with_policy(name: &str, policy: Policy) -> Fixture {
+    let mut f = Fixture::new(name);
+    Arc::get_mut(&mut f.service).unwrap().policy = policy;
+    f
+}
+
+#[test]
+fn the_policy_decides_before_any_code_is_asked() {
+    let deadline = (START + 100) as i64;
+    let f = with_policy(
+        "policy",
+        Policy {
+            skip_until: Some((deadline, "1 April 2027".into())),
+            unenrolled: Unenrolled::Deny,
+            exempt_groups: vec![("robots".into(), 900)],
+            trusted_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Policy::default()
+        },
+    );
+    let begin = |user: &str, rhost: &str| {
+        let mut login = login(user);
+        login.rhost = Some(rhost.into());
+        f.service.handle(0, Request::Begin { login })
+    };
+    // Before the deadline bob (no phone) is told and let through.
+    let Response::Skip {
+        notice: Some(notice),
+    } = begin("bob", "192.0.2.7")
+    else {
+        panic!()
+    };
+    assert!(notice.contains("required on 1 April 2027"), "{notice}");
+    assert!(
+        f.last_line()
+            .contains("result=ignore reason=\"not enrolled; allowed until 1 April 2027\"")
+    );
+    // From the deadline on he is refused, with the reason in the log.
+    f.advance(100);
+    assert_eq!(
+        begin("bob", "192.0.2.7"),
+        Response::Deny {
+            reason: DenyReason::NotEnrolled
+        }
+    );
+    assert!(
+        f.last_line()
+            .contains("result=deny reason=\"not enrolled, and the policy requires SmartSign\"")
+    );
+    // Trusted networks and exempt groups skip, and say why; never Allow.
+    assert_eq!(begin("bob", "10.2.3.4"), Response::Skip { notice: None });
+    assert!(
+        f.last_line()
+            .contains("reason=\"trusted network 10.0.0.0/8\""),
+        "{}",
+        f.last_line()
+    );
+    assert_eq!(begin("alice", "192.0.2.7"), Response::Skip { notice: None });
+    assert!(f.last_line().contains("reason=\"exempt group robots\""));
+    // The exemption is for logins, not for proofs of account changes.
+    let secret = f.enroll("bob", "Pixel");
+    let mut from_trusted = login("bob");
+    from_trusted.rhost = Some("10.2.3.4".into());
+    let verify = f.service.handle(
+        0,
+        Request::VerifyCode {
+            login: from_trusted,
+            code: "000000".into(),
+        },
+    );
+    assert_eq!(verify, Response::Skip { notice: None });
+    assert_eq!(
+        begin("bob", "192.0.2.7"),
+        Response::Challenge {
+            phones: vec!["Pixel".into()],
+            email: None
+        }
+    );
+    assert_eq!(
+        f.verify("bob", &code_at(&secret, f.time())),
         Response::Allow {
             phone: "Pixel".into()
         }
