@@ -60,10 +60,14 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         tty: pam.tty(),
     };
 
-    let (phones, mut email) = match daemon.call(Request::Begin {
+    let (phones, mut email, skip_until) = match daemon.call(Request::Begin {
         login: login.clone(),
     }) {
-        Ok(Response::Challenge { phones, email }) => (phones, email),
+        Ok(Response::Challenge {
+            phones,
+            email,
+            skip_until,
+        }) => (phones, email, skip_until),
         Ok(Response::NotEnrolled) => {
             if args.debug {
                 pam.log(
@@ -92,9 +96,17 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
     // Everything the user must know before answering is in the prompt
     // itself: sshd shows info messages only along with the next prompt.
     let user = printable(&login.user);
-    let mut prompt = match &email {
-        Some(to) => format!("SmartSign code for {user} (or 1 to email a code to {to}): "),
-        None => format!("SmartSign code for {user}: "),
+    let mut options = Vec::new();
+    if let Some(to) = &email {
+        options.push(format!("1 to email a code to {to}"));
+    }
+    if let Some(until) = &skip_until {
+        options.push(format!("s to skip SmartSign, allowed until {until}"));
+    }
+    let mut prompt = if options.is_empty() {
+        format!("SmartSign code for {user}: ")
+    } else {
+        format!("SmartSign code for {user} (or {}): ", options.join(", or "))
     };
     // The first answer may ask for an email; the next one is a code.
     for _ in 0..2 {
@@ -102,6 +114,18 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
             Ok(answer) => answer,
             Err(outcome) => return outcome,
         };
+        if skip_until.is_some() && answer.expose().trim().eq_ignore_ascii_case("s") {
+            return match daemon.call(Request::SkipNow { login }) {
+                Ok(Response::Skip { notice }) => skip(pam, notice.as_deref()),
+                Ok(Response::Deny { reason }) => {
+                    pam.error(&format!("SmartSign: {}.", reason.describe()));
+                    Outcome::AuthErr
+                }
+                Ok(Response::LockedOut { until }) => locked_out(pam, until, now),
+                Ok(other) => odd_answer(pam, args, &other),
+                Err(err) => unavailable(pam, args, &err.to_string()),
+            };
+        }
         if email.is_none() || answer.expose().trim() != "1" {
             return verify(pam, daemon, args, login, answer, now);
         }
@@ -389,6 +413,7 @@ mod tests {
         Ok(Response::Challenge {
             phones: vec!["Pixel 8".into()],
             email: None,
+            skip_until: None,
         })
     }
 
@@ -642,6 +667,7 @@ mod tests {
         Ok(Response::Challenge {
             phones: vec!["Pixel 8".into()],
             email: Some("a****@example.org".into()),
+            skip_until: None,
         })
     }
 
@@ -777,6 +803,30 @@ mod tests {
             pam.errors[0].contains("ask your administrator"),
             "{:?}",
             pam.errors
+        );
+    }
+
+    #[test]
+    fn enrolled_users_may_skip_before_the_deadline() {
+        let mut pam = ScriptedPam::alice(&["s"]);
+        let daemon = ScriptedDaemon::new(vec![
+            (
+                "begin",
+                Ok(Response::Challenge {
+                    phones: vec!["Pixel 8".into()],
+                    email: Some("a****@example.org".into()),
+                    skip_until: Some("1 April 2027".into()),
+                }),
+            ),
+            ("skip_now", Ok(Response::Skip { notice: None })),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Ignore);
+        assert_eq!(
+            pam.prompts,
+            [
+                "SmartSign code for alice (or 1 to email a code to a****@example.org, \
+              or s to skip SmartSign, allowed until 1 April 2027): "
+            ]
         );
     }
 }

@@ -26,6 +26,11 @@ pub enum Request {
     Begin {
         login: LoginContext,
     },
+    /// The user chose to skip SmartSign at the login prompt, which the
+    /// policy allows until `skip_until`.
+    SkipNow {
+        login: LoginContext,
+    },
     /// The user chose to get a code by email at the login prompt.
     SendEmailCode {
         login: LoginContext,
@@ -92,6 +97,7 @@ impl Request {
     pub fn target_user(&self) -> Option<&str> {
         match self {
             Request::Begin { login }
+            | Request::SkipNow { login }
             | Request::SendEmailCode { login }
             | Request::VerifyCode { login, .. } => Some(&login.user),
             Request::Status { user }
@@ -110,6 +116,7 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Begin { .. } => "begin",
+            Request::SkipNow { .. } => "skip_now",
             Request::SendEmailCode { .. } => "send_email_code",
             Request::VerifyCode { .. } => "verify_code",
             Request::Status { .. } => "status",
@@ -134,6 +141,7 @@ impl std::fmt::Display for Request {
         }
         match self {
             Request::Begin { login }
+            | Request::SkipNow { login }
             | Request::SendEmailCode { login }
             | Request::VerifyCode { login, .. } => {
                 write!(f, " service={:?}", login.service)?;
@@ -163,6 +171,8 @@ pub enum DenyReason {
     ExpiredCode,
     /// No phone, and the policy requires one.
     NotEnrolled,
+    /// The user asked to skip after the deadline.
+    SkipOver,
 }
 
 impl DenyReason {
@@ -173,6 +183,7 @@ impl DenyReason {
             DenyReason::ReusedCode => "code already used",
             DenyReason::MalformedCode => "that is not a code",
             DenyReason::ExpiredCode => "that emailed code has expired",
+            DenyReason::SkipOver => "skipping SmartSign is no longer allowed",
             DenyReason::NotEnrolled => {
                 "no phone is enrolled for this account, and this host requires one; \
                  ask your administrator"
@@ -249,6 +260,9 @@ pub enum Response {
         phones: Vec<String>,
         #[serde(default)]
         email: Option<String>,
+        /// Set while the policy lets the user skip SmartSign: until when.
+        #[serde(default)]
+        skip_until: Option<String>,
     },
     /// A code is on its way to the (masked) address; good until `expires`.
     EmailSent {

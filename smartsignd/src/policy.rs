@@ -90,6 +90,14 @@ impl Policy {
         }
     }
 
+    /// Until when an enrolled user may still skip SmartSign, if they may now.
+    pub fn skip_allowed(&self, now: i64) -> Option<&str> {
+        match &self.skip_until {
+            Some((deadline, text)) if now < *deadline => Some(text),
+            _ => None,
+        }
+    }
+
     /// A login from a trusted network, or a local one under `trust_local`.
     fn network_exemption(&self, rhost: Option<&str>) -> Option<String> {
         let Some(rhost) = rhost.filter(|r| !r.is_empty()) else {

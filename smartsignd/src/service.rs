@@ -175,6 +175,7 @@ impl Service {
     ) -> Response {
         let login = match &request {
             Request::Begin { login }
+            | Request::SkipNow { login }
             | Request::SendEmailCode { login }
             | Request::VerifyCode { login, .. } => Some(login.clone()),
             _ => None,
@@ -261,6 +262,7 @@ impl Service {
         }
         match request {
             Request::Begin { login } => self.begin(peer_uid, &LoginContext { user, ..login }),
+            Request::SkipNow { login } => self.skip_now(peer_uid, &LoginContext { user, ..login }),
             // Both went their own way above.
             Request::SendEmailCode { .. } | Request::EmailSet { .. } => Err(Refusal::quiet(
                 ErrorKind::Internal,
@@ -306,9 +308,13 @@ impl Service {
         }
         let is_login = matches!(
             request,
-            Request::Begin { .. } | Request::SendEmailCode { .. } | Request::VerifyCode { .. }
+            Request::Begin { .. }
+                | Request::SkipNow { .. }
+                | Request::SendEmailCode { .. }
+                | Request::VerifyCode { .. }
         );
         if let Request::Begin { login }
+        | Request::SkipNow { login }
         | Request::SendEmailCode { login }
         | Request::VerifyCode { login, .. } = request
         {
@@ -422,8 +428,35 @@ impl Service {
             Ok(phones) => Ok(Response::Challenge {
                 phones: phones.into_iter().map(|p| p.name).collect(),
                 email: self.email_offer(&login.user)?,
+                skip_until: self
+                    .policy
+                    .skip_allowed((self.clock)() as i64)
+                    .map(str::to_owned),
             }),
             Err(answer) => Ok(answer),
+        }
+    }
+
+    /// An enrolled user skipping SmartSign at the prompt, while the policy
+    /// still allows it.
+    fn skip_now(&self, peer_uid: u32, login: &LoginContext) -> Result<Response, Refusal> {
+        if let Err(answer) = self.phones_to_ask(peer_uid, login, Method::None, Apply::Policy)? {
+            return Ok(answer);
+        }
+        let now = (self.clock)() as i64;
+        match self.policy.skip_allowed(now) {
+            Some(deadline) => {
+                let why = format!("skipped by the user; allowed until {deadline}");
+                self.audit_login(login, peer_uid, Method::None, None, Outcome::Ignore, &why);
+                Ok(Response::Skip { notice: None })
+            }
+            None => {
+                let why = "asked to skip after the deadline";
+                self.audit_login(login, peer_uid, Method::None, None, Outcome::Deny, why);
+                Ok(Response::Deny {
+                    reason: DenyReason::SkipOver,
+                })
+            }
         }
     }
 

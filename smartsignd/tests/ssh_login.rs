@@ -368,3 +368,19 @@ fn a_trusted_network_needs_no_code() {
         "trusted network 127.0.0.0/8"
     ]));
 }
+
+#[test]
+fn an_enrolled_user_may_skip_before_the_deadline() {
+    let s = setup("skipnow", "[policy]\nskip_until = \"2099-01-01\"\n", "");
+    s.daemon.enroll(&s.user.name, "Pixel 8");
+    let password = s.user.password.clone();
+    let login = ssh_with(&s.dir, &s.sshd, &s.user.name, &password, "s", "", None);
+    assert!(
+        login.logged_in_as(&s.user.name),
+        "{:?}\n{}",
+        login.prompts,
+        s.daemon.log()
+    );
+    assert!(login.prompts[1].contains("or s to skip SmartSign, allowed until 1 January 2099"));
+    assert!(s.audit_has(&["result=ignore", "skipped by the user"]));
+}

@@ -283,6 +283,7 @@ fn right_code_once_then_replay_refused() {
         Response::Challenge {
             phones: vec!["Pixel 8".into()],
             email: None,
+            skip_until: None
         }
     );
     let code = code_at(&secret, f.time());
@@ -975,6 +976,7 @@ fn every_name_of_an_account_meets_the_same_second_factor() {
             Response::Challenge {
                 phones: vec!["Pixel".into()],
                 email: None,
+                skip_until: None
             },
             "{name}"
         );
@@ -1141,7 +1143,8 @@ fn an_emailed_code_logs_in_once() {
         ),
         Response::Challenge {
             phones: vec!["Pixel".into()],
-            email: Some("a****@example.org".into())
+            email: Some("a****@example.org".into()),
+            skip_until: None
         }
     );
     assert_eq!(
@@ -1663,7 +1666,8 @@ fn the_policy_decides_before_any_code_is_asked() {
         begin("bob", "192.0.2.7"),
         Response::Challenge {
             phones: vec!["Pixel".into()],
-            email: None
+            email: None,
+            skip_until: None
         }
     );
     assert_eq!(
@@ -1671,5 +1675,73 @@ fn the_policy_decides_before_any_code_is_asked() {
         Response::Allow {
             phone: "Pixel".into()
         }
+    );
+}
+
+#[test]
+fn enrolled_users_may_skip_until_the_deadline_only() {
+    let deadline = (START + 100) as i64;
+    let f = with_policy(
+        "skip-now",
+        Policy {
+            skip_until: Some((deadline, "1 April 2027".into())),
+            ..Policy::default()
+        },
+    );
+    f.enroll("alice", "Pixel");
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Challenge {
+            phones: vec!["Pixel".into()],
+            email: None,
+            skip_until: Some("1 April 2027".into())
+        }
+    );
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::SkipNow {
+                login: login("alice")
+            }
+        ),
+        Response::Skip { notice: None }
+    );
+    assert!(
+        f.last_line()
+            .contains("result=ignore reason=\"skipped by the user; allowed until 1 April 2027\"")
+    );
+    f.advance(100);
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Challenge {
+            phones: vec!["Pixel".into()],
+            email: None,
+            skip_until: None
+        }
+    );
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::SkipNow {
+                login: login("alice")
+            }
+        ),
+        Response::Deny {
+            reason: DenyReason::SkipOver
+        }
+    );
+    assert!(
+        f.last_line()
+            .contains("result=deny reason=\"asked to skip after the deadline\"")
     );
 }

@@ -466,7 +466,7 @@ pub fn ssh_with(
         format!(
             "#!/bin/sh\nd={}\nm={maildir}\nprintf '%s\\n' \"$1\" >> \"$d/prompts\"\n\
              case \"$1\" in\n\
-               *'or 1 to email'*) cat \"$d/first\" ;;\n\
+               *'or 1 to email'*|*'s to skip SmartSign'*) cat \"$d/first\" ;;\n\
                *'Code from the email'*) f=$(ls -t \"$m\"/new/* | head -n 1)\n\
                  sed -n 's/.*code is: \\([0-9]\\{{8\\}}\\).*/\\1/p' \"$f\" | head -n 1 ;;\n\
                *SmartSign*) cat \"$d/code\" ;;\n\
