@@ -37,8 +37,9 @@ pub struct Policy {
 pub struct Facts<'a> {
     pub now: i64,
     pub rhost: Option<&'a str>,
-    /// Every gid the user belongs to, primary and supplementary.
-    pub gids: &'a [u32],
+    /// Every gid the user belongs to, primary and supplementary; `None`
+    /// when the account could not be looked up, which exempts nobody.
+    pub gids: Option<&'a [u32]>,
     pub enrolled: bool,
 }
 
@@ -61,20 +62,16 @@ impl Policy {
         if let Some(why) = self.network_exemption(facts.rhost) {
             return Decision::Exempt(why);
         }
-        if let Some((name, _)) = self
-            .exempt_groups
-            .iter()
-            .find(|(_, gid)| facts.gids.contains(gid))
-        {
-            return Decision::Exempt(format!("exempt group {name}"));
-        }
-        if !self.require_groups.is_empty()
-            && !self
-                .require_groups
-                .iter()
-                .any(|(_, gid)| facts.gids.contains(gid))
-        {
-            return Decision::Exempt("in none of the required groups".into());
+        // Groups that cannot be looked up (an unknown user, NSS down)
+        // exempt nobody: the login goes on as if every rule required it.
+        if let Some(gids) = facts.gids {
+            let member = |(_, gid): &&(String, u32)| gids.contains(gid);
+            if let Some((name, _)) = self.exempt_groups.iter().find(member) {
+                return Decision::Exempt(format!("exempt group {name}"));
+            }
+            if !self.require_groups.is_empty() && !self.require_groups.iter().any(|g| member(&g)) {
+                return Decision::Exempt("in none of the required groups".into());
+            }
         }
         if facts.enrolled {
             return Decision::Ask;
@@ -153,7 +150,7 @@ mod tests {
         Facts {
             now,
             rhost,
-            gids,
+            gids: Some(gids),
             enrolled,
         }
     }

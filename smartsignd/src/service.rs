@@ -26,8 +26,9 @@ pub const MAX_PHONES: usize = 20;
 pub trait Accounts: Send + Sync {
     fn uid_of(&self, user: &str) -> Option<u32>;
     fn name_of(&self, uid: u32) -> Option<String>;
-    /// Every gid the user belongs to, primary and supplementary.
-    fn gids_of(&self, user: &str) -> Vec<u32>;
+    /// Every gid the user belongs to, primary and supplementary; `None`
+    /// when the account or its groups cannot be looked up.
+    fn gids_of(&self, user: &str) -> Option<Vec<u32>>;
 }
 
 pub struct Nss;
@@ -47,17 +48,11 @@ impl Accounts for Nss {
             .map(|u| u.name)
     }
 
-    fn gids_of(&self, user: &str) -> Vec<u32> {
-        let Ok(Some(entry)) = nix::unistd::User::from_name(user) else {
-            return Vec::new();
-        };
-        let Ok(name) = std::ffi::CString::new(user) else {
-            return Vec::new();
-        };
-        match nix::unistd::getgrouplist(&name, entry.gid) {
-            Ok(gids) => gids.into_iter().map(|g| g.as_raw()).collect(),
-            Err(_) => vec![entry.gid.as_raw()],
-        }
+    fn gids_of(&self, user: &str) -> Option<Vec<u32>> {
+        let entry = nix::unistd::User::from_name(user).ok().flatten()?;
+        let name = std::ffi::CString::new(user).ok()?;
+        let gids = nix::unistd::getgrouplist(&name, entry.gid).ok()?;
+        Some(gids.into_iter().map(|g| g.as_raw()).collect())
     }
 }
 
@@ -476,7 +471,7 @@ impl Service {
             let facts = Facts {
                 now: now as i64,
                 rhost: login.rhost.as_deref(),
-                gids: &gids,
+                gids: gids.as_deref(),
                 enrolled: !phones.is_empty(),
             };
             let skip = |why: &str, answer: Response| {

@@ -341,3 +341,24 @@ fn pamtester_with_rhost(dir: &TempDir, stack: &Stack, user: &str, rhost: &str) -
     writeln!(child.stdin.take().unwrap(), "000000").unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// A user NSS does not know (a password module of its own, an LDAP outage)
+/// has no groups to be exempt by: `require_groups` must not let them skip.
+#[test]
+fn a_user_nss_cannot_find_is_not_exempted_by_groups() {
+    require_root();
+    let dir = TempDir::new("ghost");
+    let daemon = Daemon::start(&dir, "[policy]\nrequire_groups = [\"root\"]\n");
+    let stack = stack(&dir, &daemon, "");
+    std::fs::write(&stack.passdb, "sse2e-ghost:secret:smartsign-test\n").unwrap();
+    let out = pamtester(&dir, &stack, "sse2e-ghost", &["secret"], None);
+    assert!(!out.status.success(), "{}", output(&out));
+    assert!(
+        daemon
+            .audit()
+            .iter()
+            .any(|l| l.contains("user=sse2e-ghost") && l.contains("result=deny")),
+        "{}",
+        daemon.log()
+    );
+}

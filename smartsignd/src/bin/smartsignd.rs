@@ -36,8 +36,13 @@ fn main() -> ExitCode {
             cli.config.display()
         );
         print!("{}", config.to_toml());
-        if let Some((_, said)) = &policy.skip_until {
-            println!("# skip_until ends at {said} (a date means the start of that day here)");
+        if let Some((at, said)) = &policy.skip_until {
+            let instant = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs((*at).max(0) as u64),
+            );
+            println!(
+                "# skip_until ends at {said}, {instant} (a date is the start of that day here)"
+            );
         }
         return ExitCode::SUCCESS;
     }

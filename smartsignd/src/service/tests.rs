@@ -28,12 +28,12 @@ impl Accounts for Users {
             .find(|(_, u)| *u == uid)
             .map(|(n, _)| (*n).to_owned())
     }
-    /// Alice is in group 900, the others in none.
-    fn gids_of(&self, user: &str) -> Vec<u32> {
-        if user == "alice" {
-            vec![ALICE, 900]
-        } else {
-            vec![]
+    /// Alice is in group 900, bob and root in none; others are unknown.
+    fn gids_of(&self, user: &str) -> Option<Vec<u32>> {
+        match user {
+            "alice" => Some(vec![ALICE, 900]),
+            "bob" | "root" => Some(vec![]),
+            _ => None,
         }
     }
 }
