@@ -85,11 +85,12 @@ pub struct Service {
 
 const ACCOUNT_STRIPES: usize = 64;
 
-/// Whether a check is for a login, which the policy may exempt, or for a
-/// proof of an account change, which it may not.
+/// Whether a check is for a login, which the policy may exempt (judged
+/// with the user's groups), or for a proof of an account change, which it
+/// may not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Apply {
-    Policy,
+enum Apply<'a> {
+    Policy { gids: Option<&'a [u32]> },
     EnrollmentOnly,
 }
 
@@ -244,7 +245,12 @@ impl Service {
         }
         let request = match request {
             Request::SendEmailCode { login } => {
-                return self.send_login_code(peer_uid, &LoginContext { user, ..login });
+                let gids = self.login_gids(&login.user, &user);
+                return self.send_login_code(
+                    peer_uid,
+                    &LoginContext { user, ..login },
+                    gids.as_deref(),
+                );
             }
             Request::EmailSet { address, code, .. } => {
                 return self.email_set(peer_uid, &user, &address, code.as_ref());
@@ -256,15 +262,27 @@ impl Service {
             return gone();
         }
         match request {
-            Request::Begin { login } => self.begin(peer_uid, &LoginContext { user, ..login }),
-            Request::SkipNow { login } => self.skip_now(peer_uid, &LoginContext { user, ..login }),
+            Request::Begin { login } => {
+                let gids = self.login_gids(&login.user, &user);
+                self.begin(peer_uid, &LoginContext { user, ..login }, gids.as_deref())
+            }
+            Request::SkipNow { login } => {
+                let gids = self.login_gids(&login.user, &user);
+                self.skip_now(peer_uid, &LoginContext { user, ..login }, gids.as_deref())
+            }
             // Both went their own way above.
             Request::SendEmailCode { .. } | Request::EmailSet { .. } => Err(Refusal::quiet(
                 ErrorKind::Internal,
                 "mail requests are not served here",
             )),
             Request::VerifyCode { login, code } => {
-                self.verify(peer_uid, &LoginContext { user, ..login }, &code)
+                let gids = self.login_gids(&login.user, &user);
+                self.verify(
+                    peer_uid,
+                    &LoginContext { user, ..login },
+                    &code,
+                    gids.as_deref(),
+                )
             }
             Request::Status { .. } => self.status(&user),
             Request::PhoneAdd { name, code, .. } => {
@@ -364,6 +382,22 @@ impl Service {
         stripe.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The groups of the name that logged in and of the account's first
+    /// name together: an alias may be listed in groups of its own.
+    /// `None` when neither can be looked up.
+    fn login_gids(&self, typed: &str, canonical: &str) -> Option<Vec<u32>> {
+        let mut gids = self.accounts.gids_of(canonical);
+        if typed != canonical
+            && let Some(more) = self.accounts.gids_of(typed)
+        {
+            let all = gids.get_or_insert_with(Vec::new);
+            all.extend(more);
+            all.sort_unstable();
+            all.dedup();
+        }
+        gids
+    }
+
     fn describe_uid(&self, uid: u32) -> String {
         match self.accounts.name_of(uid) {
             Some(name) => format!("uid {uid} ({name})"),
@@ -398,7 +432,13 @@ impl Service {
         };
         // Only a phone proves a phone: an emailed code is a one-time
         // fallback, and whoever reads the mailbox must not gain a phone by it.
-        match self.verify_codes(peer_uid, &login, code, Codes::AppOnly)? {
+        match self.verify_codes(
+            peer_uid,
+            &login,
+            code,
+            Codes::AppOnly,
+            Apply::EnrollmentOnly,
+        )? {
             Response::Allow { .. } | Response::NotEnrolled => Ok(()),
             Response::LockedOut { until } => Err(Refusal::quiet(
                 ErrorKind::Refused,
@@ -418,8 +458,13 @@ impl Service {
         }
     }
 
-    fn begin(&self, peer_uid: u32, login: &LoginContext) -> Result<Response, Refusal> {
-        match self.phones_to_ask(peer_uid, login, Method::None, Apply::Policy)? {
+    fn begin(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        gids: Option<&[u32]>,
+    ) -> Result<Response, Refusal> {
+        match self.phones_to_ask(peer_uid, login, Method::None, Apply::Policy { gids })? {
             Ok(phones) => Ok(Response::Challenge {
                 phones: phones.into_iter().map(|p| p.name).collect(),
                 email: self.email_offer(&login.user)?,
@@ -434,8 +479,14 @@ impl Service {
 
     /// An enrolled user skipping SmartSign at the prompt, while the policy
     /// still allows it.
-    fn skip_now(&self, peer_uid: u32, login: &LoginContext) -> Result<Response, Refusal> {
-        if let Err(answer) = self.phones_to_ask(peer_uid, login, Method::None, Apply::Policy)? {
+    fn skip_now(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        gids: Option<&[u32]>,
+    ) -> Result<Response, Refusal> {
+        let apply = Apply::Policy { gids };
+        if let Err(answer) = self.phones_to_ask(peer_uid, login, Method::None, apply)? {
             return Ok(answer);
         }
         let now = (self.clock)() as i64;
@@ -462,16 +513,15 @@ impl Service {
         peer_uid: u32,
         login: &LoginContext,
         method: Method,
-        policy: Apply,
+        policy: Apply<'_>,
     ) -> Result<Result<Vec<PhoneRecord>, Response>, Refusal> {
         let now = (self.clock)();
         let phones = confirmed(self.store.phones(&login.user)?);
-        if policy == Apply::Policy {
-            let gids = self.accounts.gids_of(&login.user);
+        if let Apply::Policy { gids } = policy {
             let facts = Facts {
                 now: now as i64,
                 rhost: login.rhost.as_deref(),
-                gids: gids.as_deref(),
+                gids,
                 enrolled: !phones.is_empty(),
             };
             let skip = |why: &str, answer: Response| {
@@ -526,8 +576,15 @@ impl Service {
         peer_uid: u32,
         login: &LoginContext,
         code: &Secret,
+        gids: Option<&[u32]>,
     ) -> Result<Response, Refusal> {
-        self.verify_codes(peer_uid, login, code, Codes::AppOrEmail)
+        self.verify_codes(
+            peer_uid,
+            login,
+            code,
+            Codes::AppOrEmail,
+            Apply::Policy { gids },
+        )
     }
 
     fn verify_codes(
@@ -536,13 +593,9 @@ impl Service {
         login: &LoginContext,
         code: &Secret,
         codes: Codes,
+        policy: Apply<'_>,
     ) -> Result<Response, Refusal> {
         let now = (self.clock)();
-        let policy = if codes == Codes::AppOrEmail {
-            Apply::Policy
-        } else {
-            Apply::EnrollmentOnly
-        };
         let phones = match self.phones_to_ask(peer_uid, login, Method::AppCode, policy)? {
             Ok(phones) => phones,
             Err(answer) => return Ok(answer),

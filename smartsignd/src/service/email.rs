@@ -39,12 +39,16 @@ impl Service {
         &self,
         peer_uid: u32,
         login: &LoginContext,
+        gids: Option<&[u32]>,
     ) -> Result<Response, Refusal> {
         let outgoing = {
             let _one_at_a_time = self.account_lock(&login.user);
-            if let Err(answer) =
-                self.phones_to_ask(peer_uid, login, Method::EmailCode, super::Apply::Policy)?
-            {
+            if let Err(answer) = self.phones_to_ask(
+                peer_uid,
+                login,
+                Method::EmailCode,
+                super::Apply::Policy { gids },
+            )? {
                 return Ok(answer);
             }
             let Some(address) = self.store.email(&login.user)? else {

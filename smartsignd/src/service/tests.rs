@@ -32,6 +32,7 @@ impl Accounts for Users {
     fn gids_of(&self, user: &str) -> Option<Vec<u32>> {
         match user {
             "alice" => Some(vec![ALICE, 900]),
+            "alice-alias" => Some(vec![ALICE, 777]),
             "bob" | "root" => Some(vec![]),
             _ => None,
         }
@@ -1743,5 +1744,37 @@ fn enrolled_users_may_skip_until_the_deadline_only() {
     assert!(
         f.last_line()
             .contains("result=deny reason=\"asked to skip after the deadline\"")
+    );
+}
+
+/// Groups count by the name that logged in as well as by the account's
+/// first name: an alias listed in a required group is required.
+#[test]
+fn an_alias_in_a_required_group_is_asked() {
+    let f = with_policy(
+        "alias-groups",
+        Policy {
+            require_groups: vec![("aliasgroup".into(), 777)],
+            ..Policy::default()
+        },
+    );
+    f.enroll("alice", "Pixel");
+    assert!(matches!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice-alias")
+            }
+        ),
+        Response::Challenge { .. }
+    ));
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Skip { notice: None }
     );
 }
