@@ -86,6 +86,13 @@ pub enum Request {
         #[serde(default)]
         code: Option<Secret>,
     },
+    /// A new set of backup codes, replacing any earlier one. `code` as for
+    /// `PhoneAdd`.
+    BackupCodes {
+        user: Option<String>,
+        #[serde(default)]
+        code: Option<Secret>,
+    },
     /// Lift a lockout and forget counted failures (root only).
     Unlock {
         user: String,
@@ -107,7 +114,8 @@ impl Request {
             | Request::PhoneRemove { user, .. }
             | Request::EmailSet { user, .. }
             | Request::EmailConfirm { user, .. }
-            | Request::EmailRemove { user, .. } => user.as_deref(),
+            | Request::EmailRemove { user, .. }
+            | Request::BackupCodes { user, .. } => user.as_deref(),
             Request::Unlock { user } => Some(user),
         }
     }
@@ -127,6 +135,7 @@ impl Request {
             Request::EmailSet { .. } => "email_set",
             Request::EmailConfirm { .. } => "email_confirm",
             Request::EmailRemove { .. } => "email_remove",
+            Request::BackupCodes { .. } => "backup_codes",
             Request::Unlock { .. } => "unlock",
         }
     }
@@ -154,6 +163,7 @@ impl std::fmt::Display for Request {
             | Request::EmailSet { .. }
             | Request::EmailConfirm { .. }
             | Request::EmailRemove { .. }
+            | Request::BackupCodes { .. }
             | Request::Unlock { .. } => {}
         }
         Ok(())
@@ -241,6 +251,9 @@ pub struct AccountStatus {
     /// An address waiting for its confirmation code.
     #[serde(default)]
     pub email_pending: Option<String>,
+    /// Unused backup codes.
+    #[serde(default)]
+    pub backup_codes_left: u32,
 }
 
 /// Shown once, to the enrolling user: the only time the secret leaves the daemon.
@@ -291,6 +304,10 @@ pub enum Response {
     PhoneCreated(NewPhone),
     Phones {
         phones: Vec<PhoneInfo>,
+    },
+    /// Shown once: the only time these codes leave the daemon.
+    BackupCodes {
+        codes: Vec<Secret>,
     },
     Done,
     Error {

@@ -15,6 +15,8 @@ pub enum Method {
     AppCode,
     /// A code mailed to the account's address.
     EmailCode,
+    /// One of the account's backup codes.
+    BackupCode,
     /// Enrollment and other account changes through the smartsign command.
     Manage,
 }
@@ -25,6 +27,7 @@ impl Method {
             Method::None => "none",
             Method::AppCode => "app-code",
             Method::EmailCode => "email-code",
+            Method::BackupCode => "backup-code",
             Method::Manage => "manage",
         }
     }

@@ -42,6 +42,13 @@ pub enum Command {
     /// Register, confirm or remove the address emergency codes go to.
     #[command(subcommand)]
     Email(EmailCommand),
+    /// Make ten new backup codes (shown once), replacing any earlier ones.
+    BackupCodes {
+        /// When a user asks: a current code from one of the account's phones
+        /// (`-` reads it from standard input; asked for when missing).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
     /// Lift a lockout now (root only, with --user).
     Unlock,
 }

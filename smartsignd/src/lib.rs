@@ -14,6 +14,7 @@ macro_rules! say {
 }
 
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod mail;

@@ -12,6 +12,7 @@ use smartsign_proto::{
 };
 
 use crate::audit::{AuditEvent, AuditSink, Method, Outcome};
+use crate::backup;
 use crate::config::Config;
 use crate::mail::MailSink;
 use crate::names;
@@ -297,6 +298,7 @@ impl Service {
             }
             Request::EmailConfirm { code, .. } => self.email_confirm(peer_uid, &user, &code),
             Request::EmailRemove { code, .. } => self.email_remove(peer_uid, &user, code.as_ref()),
+            Request::BackupCodes { code, .. } => self.backup_codes(peer_uid, &user, code.as_ref()),
             Request::Unlock { .. } => self.unlock(peer_uid, &user),
         }
     }
@@ -602,6 +604,11 @@ impl Service {
         };
 
         let code = normalize(code.expose());
+        if codes == Codes::AppOrEmail
+            && let Some(backup) = backup::normalize(&code)
+        {
+            return self.verify_backup_code(peer_uid, login, &backup, now);
+        }
         let emailed = code.len() == email::DIGITS && code.bytes().all(|b| b.is_ascii_digit());
         if emailed && codes == Codes::AppOrEmail {
             return self.verify_email_code(peer_uid, login, &code, now);
@@ -691,6 +698,7 @@ impl Service {
             locked_until: self.store.locked_until(user, now)?,
             email: self.store.email(user)?,
             email_pending: self.pending_address(user, now)?,
+            backup_codes_left: self.store.backup_codes(user)?.len() as u32,
         }))
     }
 
@@ -838,6 +846,77 @@ impl Service {
         self.audit_manage(peer_uid, user, Some(name), "phone removed");
         self.flush();
         Ok(Response::Done)
+    }
+
+    /// A new set of backup codes, replacing the old. Like a phone, a new
+    /// set needs a code from an enrolled phone when a user asks.
+    fn backup_codes(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        code: Option<&Secret>,
+    ) -> Result<Response, Refusal> {
+        if confirmed(self.store.phones(user)?).is_empty() {
+            return Err(Refusal::quiet(
+                ErrorKind::Refused,
+                "enroll a phone first (smartsign phone add NAME); backup codes stand in for it",
+            ));
+        }
+        self.require_code(peer_uid, user, code)?;
+        let codes = backup::new_codes().map_err(|why| Refusal::quiet(ErrorKind::Internal, why))?;
+        let hashes = codes
+            .iter()
+            .map(|code| backup::hash(code))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| Refusal::quiet(ErrorKind::Internal, why))?;
+        self.store.replace_backup_codes(user, &hashes)?;
+        self.audit_manage(
+            peer_uid,
+            user,
+            None,
+            &format!("{} new backup codes", codes.len()),
+        );
+        self.flush();
+        Ok(Response::BackupCodes {
+            codes: codes.iter().map(|c| Secret::new(c.to_string())).collect(),
+        })
+    }
+
+    /// An answer in the shape of a backup code: any unused one, once.
+    fn verify_backup_code(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        code: &str,
+        now: u64,
+    ) -> Result<Response, Refusal> {
+        for (id, hash) in self.store.backup_codes(&login.user)? {
+            if backup::matches(code, &hash) && self.store.use_backup_code(id, now)? {
+                if let Err(err) = self.store.clear_failures(&login.user) {
+                    crate::say!("clearing failures of {}: {err}", login.user);
+                }
+                let left = self.store.backup_codes(&login.user)?.len();
+                let why = format!("backup code accepted, {left} left");
+                self.audit_login(
+                    login,
+                    peer_uid,
+                    Method::BackupCode,
+                    None,
+                    Outcome::Allow,
+                    &why,
+                );
+                return Ok(Response::Allow {
+                    phone: "a backup code".into(),
+                });
+            }
+        }
+        self.refuse_code(
+            peer_uid,
+            login,
+            Method::BackupCode,
+            DenyReason::WrongCode,
+            now,
+        )
     }
 
     fn unlock(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {

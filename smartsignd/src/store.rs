@@ -122,6 +122,13 @@ pub trait Store: Send + Sync {
     /// Counts a mail sent to `user` and returns how many went out since `since`.
     fn mails_since(&self, user: &str, since: u64) -> StoreResult<u32>;
     fn record_mail(&self, user: &str, now: u64) -> StoreResult<()>;
+
+    /// Replaces the account's backup codes with these hashes.
+    fn replace_backup_codes(&self, user: &str, hashes: &[String]) -> StoreResult<()>;
+    /// The unused ones: (id, hash).
+    fn backup_codes(&self, user: &str) -> StoreResult<Vec<(i64, String)>>;
+    /// Marks one used; `false` if another login used it first.
+    fn use_backup_code(&self, id: i64, now: u64) -> StoreResult<bool>;
 }
 
 /// Each entry moves the schema one version up; never edit a shipped one.
@@ -154,6 +161,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE mails_sent (user TEXT NOT NULL, at INTEGER NOT NULL);
     CREATE INDEX mails_sent_by_user ON mails_sent (user, at);",
+    // 3: backup codes, as hashes.
+    "CREATE TABLE backup_codes (
+        id INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        used INTEGER
+    );
+    CREATE INDEX backup_codes_by_user ON backup_codes (user);",
 ];
 
 /// What an emailed code is for.
@@ -567,6 +582,36 @@ impl Store for SqliteStore {
             |row| row.get(0),
         )?;
         Ok(count as u32)
+    }
+
+    fn replace_backup_codes(&self, user: &str, hashes: &[String]) -> StoreResult<()> {
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM backup_codes WHERE user = ?1", [user])?;
+        for hash in hashes {
+            tx.execute(
+                "INSERT INTO backup_codes (user, hash) VALUES (?1, ?2)",
+                params![user, hash],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn backup_codes(&self, user: &str) -> StoreResult<Vec<(i64, String)>> {
+        let db = self.lock()?;
+        let mut query = db
+            .prepare_cached("SELECT id, hash FROM backup_codes WHERE user = ?1 AND used IS NULL")?;
+        let rows = query.query_map([user], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn use_backup_code(&self, id: i64, now: u64) -> StoreResult<bool> {
+        let changed = self.lock()?.execute(
+            "UPDATE backup_codes SET used = ?2 WHERE id = ?1 AND used IS NULL",
+            params![id, now as i64],
+        )?;
+        Ok(changed == 1)
     }
 
     fn record_mail(&self, user: &str, now: u64) -> StoreResult<()> {

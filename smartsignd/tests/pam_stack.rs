@@ -362,3 +362,41 @@ fn a_user_nss_cannot_find_is_not_exempted_by_groups() {
         daemon.log()
     );
 }
+
+/// A backup code from `smartsign backup-codes` lets one login in at the
+/// SmartSign prompt, once.
+#[test]
+fn a_backup_code_works_once() {
+    require_root();
+    let dir = TempDir::new("backup");
+    let user = TestUser::new("sse2e-backup");
+    let daemon = Daemon::start(&dir, "");
+    let stack = stack(&dir, &daemon, "");
+    std::fs::write(
+        &stack.passdb,
+        format!("{}:secret:smartsign-test\n", user.name),
+    )
+    .unwrap();
+    daemon.enroll(&user.name, "Pixel");
+    let out = daemon.cli(&["--user", &user.name, "backup-codes"]);
+    assert!(out.status.success(), "{}", output(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let codes: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .collect();
+    assert_eq!(codes.len(), 10, "{text}");
+
+    let out = pamtester(&dir, &stack, &user.name, &["secret", codes[3]], None);
+    assert!(out.status.success(), "{}", output(&out));
+    let again = pamtester(&dir, &stack, &user.name, &["secret", codes[3]], None);
+    assert!(!again.status.success(), "{}", output(&again));
+    let status = daemon.cli(&["--user", &user.name, "status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("Backup codes: 9 left"));
+    assert!(
+        daemon
+            .audit()
+            .iter()
+            .any(|l| l.contains("method=backup-code") && l.contains("result=allow"))
+    );
+}

@@ -96,6 +96,10 @@ fn main() -> ExitCode {
             .map(code_arg)
             .transpose()
             .and_then(|code| app.email_remove(code)),
+        Command::BackupCodes { code } => code
+            .map(code_arg)
+            .transpose()
+            .and_then(|code| app.backup_codes(code)),
         Command::Unlock => app.unlock(),
     };
     match outcome {
@@ -332,6 +336,26 @@ impl App {
         }
     }
 
+    fn backup_codes(&self, code: Option<Secret>) -> Outcome {
+        let user = self.user.clone();
+        match self.with_code(code, true, |code| Request::BackupCodes {
+            user: user.clone(),
+            code,
+        })? {
+            Response::BackupCodes { codes } => {
+                println!("Your backup codes; each works once, at the SmartSign prompt.");
+                println!(
+                    "Keep them somewhere safe. They are shown only now; earlier codes no longer work.\n"
+                );
+                for code in &codes {
+                    println!("    {}", code.expose());
+                }
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     fn unlock(&self) -> Outcome {
         let Some(user) = self.user.clone() else {
             return Err(Failure(
@@ -401,6 +425,10 @@ fn print_status(status: &AccountStatus) {
         }
         (None, None) => println!("  Email: none (add one with: smartsign email set ADDRESS)"),
     }
+    println!(
+        "  Backup codes: {} left (new ones with: smartsign backup-codes)",
+        status.backup_codes_left
+    );
     match status.locked_until {
         Some(until) => println!(
             "  Locked out until {} after too many wrong codes.",

@@ -1778,3 +1778,105 @@ fn an_alias_in_a_required_group_is_asked() {
         Response::Skip { notice: None }
     );
 }
+
+#[test]
+fn backup_codes_work_once_and_only_as_hashes() {
+    let f = Fixture::new("backup");
+    let refused = f.service.handle(
+        0,
+        Request::BackupCodes {
+            user: Some("alice".into()),
+            code: None,
+        },
+    );
+    assert!(
+        matches!(
+            refused,
+            Response::Error {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "a phone first"
+    );
+    let secret = f.enroll("alice", "Pixel");
+    let needs = f.service.handle(
+        ALICE,
+        Request::BackupCodes {
+            user: None,
+            code: None,
+        },
+    );
+    assert!(matches!(
+        needs,
+        Response::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        }
+    ));
+    let proof = code_at(&secret, f.time());
+    let Response::BackupCodes { codes } = f.service.handle(
+        ALICE,
+        Request::BackupCodes {
+            user: None,
+            code: Some(proof.as_str().into()),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(codes.len(), 10);
+    let first = codes[0].expose().to_owned();
+    assert!(f.lines().iter().all(|l| !l.contains(&first)));
+
+    assert_eq!(
+        f.verify("alice", &first.to_uppercase()),
+        Response::Allow {
+            phone: "a backup code".into()
+        }
+    );
+    assert!(f.last_line().contains("method=backup-code") && f.last_line().contains("9 left"));
+    assert_eq!(
+        f.verify("alice", &first),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+    let Response::Status(status) = f.service.handle(ALICE, Request::Status { user: None }) else {
+        panic!()
+    };
+    assert_eq!(status.backup_codes_left, 9);
+    // A new set replaces the old one.
+    let Response::BackupCodes { codes: newer } = f.service.handle(
+        0,
+        Request::BackupCodes {
+            user: Some("alice".into()),
+            code: None,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        f.verify("alice", codes[1].expose()),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+    assert_eq!(
+        f.verify("alice", newer[1].expose()),
+        Response::Allow {
+            phone: "a backup code".into()
+        }
+    );
+    // A backup code is no proof for account changes.
+    let add = add_as(&f, ALICE, "evil", Some(newer[2].expose()));
+    assert!(
+        matches!(
+            add,
+            Response::Error {
+                kind: ErrorKind::WrongCode,
+                ..
+            }
+        ),
+        "{add:?}"
+    );
+}
