@@ -93,6 +93,20 @@ pub enum Request {
         #[serde(default)]
         code: Option<Secret>,
     },
+    /// Turn SmartSign off for the account (root, or the user where the
+    /// policy allows it, with a code as for `PhoneAdd`).
+    Disable {
+        user: Option<String>,
+        #[serde(default)]
+        code: Option<Secret>,
+    },
+    Enable {
+        user: Option<String>,
+    },
+    /// Remove phones, address, backup codes and lockout (root only).
+    Reset {
+        user: String,
+    },
     /// Lift a lockout and forget counted failures (root only).
     Unlock {
         user: String,
@@ -115,8 +129,10 @@ impl Request {
             | Request::EmailSet { user, .. }
             | Request::EmailConfirm { user, .. }
             | Request::EmailRemove { user, .. }
-            | Request::BackupCodes { user, .. } => user.as_deref(),
-            Request::Unlock { user } => Some(user),
+            | Request::BackupCodes { user, .. }
+            | Request::Disable { user, .. }
+            | Request::Enable { user } => user.as_deref(),
+            Request::Unlock { user } | Request::Reset { user } => Some(user),
         }
     }
 
@@ -136,6 +152,9 @@ impl Request {
             Request::EmailConfirm { .. } => "email_confirm",
             Request::EmailRemove { .. } => "email_remove",
             Request::BackupCodes { .. } => "backup_codes",
+            Request::Disable { .. } => "disable",
+            Request::Enable { .. } => "enable",
+            Request::Reset { .. } => "reset",
             Request::Unlock { .. } => "unlock",
         }
     }
@@ -164,6 +183,9 @@ impl std::fmt::Display for Request {
             | Request::EmailConfirm { .. }
             | Request::EmailRemove { .. }
             | Request::BackupCodes { .. }
+            | Request::Disable { .. }
+            | Request::Enable { .. }
+            | Request::Reset { .. }
             | Request::Unlock { .. } => {}
         }
         Ok(())
@@ -254,6 +276,9 @@ pub struct AccountStatus {
     /// Unused backup codes.
     #[serde(default)]
     pub backup_codes_left: u32,
+    /// Turned off: "by root" or "by the user".
+    #[serde(default)]
+    pub disabled: Option<String>,
 }
 
 /// Shown once, to the enrolling user: the only time the secret leaves the daemon.

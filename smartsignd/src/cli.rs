@@ -49,6 +49,23 @@ pub enum Command {
         #[arg(long, value_name = "CODE")]
         code: Option<String>,
     },
+    /// Turn SmartSign off for this account, where the policy lets users
+    /// (root: for any account). Logins then need no second factor.
+    Disable {
+        /// A current code from one of the account's phones (`-`: standard
+        /// input; asked for when missing).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
+    /// Turn SmartSign back on.
+    Enable,
+    /// Remove every phone, the address and the backup codes of an account,
+    /// and lift its lockout (root only, with --user).
+    Reset {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Lift a lockout now (root only, with --user).
     Unlock,
 }

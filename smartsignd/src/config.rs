@@ -192,6 +192,9 @@ pub struct PolicyConfig {
     /// A login with no remote host (console, local su) counts as trusted.
     #[serde(default)]
     pub trust_local: bool,
+    /// Users may turn SmartSign off for themselves (`smartsign disable`).
+    #[serde(default)]
+    pub user_may_disable: bool,
 }
 
 /// The instant a `skip_until` value names, in Unix seconds, and how to say it.
@@ -423,6 +426,7 @@ impl Config {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
             trust_local: policy.trust_local,
+            user_may_disable: policy.user_may_disable,
         })
     }
 

@@ -31,6 +31,8 @@ pub struct Policy {
     pub exempt_groups: Vec<(String, u32)>,
     pub trusted_networks: Vec<IpNet>,
     pub trust_local: bool,
+    /// Whether users may turn SmartSign off for themselves.
+    pub user_may_disable: bool,
 }
 
 /// What is known about one login.
@@ -138,6 +140,7 @@ mod tests {
             exempt_groups: vec![("robots".into(), 900)],
             trusted_networks: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
             trust_local: false,
+            user_may_disable: false,
         }
     }
 

@@ -299,6 +299,9 @@ impl Service {
             Request::EmailConfirm { code, .. } => self.email_confirm(peer_uid, &user, &code),
             Request::EmailRemove { code, .. } => self.email_remove(peer_uid, &user, code.as_ref()),
             Request::BackupCodes { code, .. } => self.backup_codes(peer_uid, &user, code.as_ref()),
+            Request::Disable { code, .. } => self.disable(peer_uid, &user, code.as_ref()),
+            Request::Enable { .. } => self.enable(peer_uid, &user),
+            Request::Reset { .. } => self.reset(peer_uid, &user),
             Request::Unlock { .. } => self.unlock(peer_uid, &user),
         }
     }
@@ -343,12 +346,15 @@ impl Service {
         let user = target_uid
             .and_then(|uid| self.accounts.name_of(uid))
             .unwrap_or(user);
-        if matches!(request, Request::Unlock { .. }) && peer_uid != 0 {
+        if matches!(request, Request::Unlock { .. } | Request::Reset { .. }) && peer_uid != 0 {
             // Otherwise a lockout would be one command away from lifting itself.
             return Err(Refusal {
                 kind: ErrorKind::Refused,
-                message: "only root may unlock an account".into(),
-                audit: Some((Outcome::Refused, "unlock asked by a user".into())),
+                message: format!("only root may {} an account", request.op()),
+                audit: Some((
+                    Outcome::Refused,
+                    format!("{} asked by a user", request.op()),
+                )),
             });
         }
         if peer_uid == 0 {
@@ -530,6 +536,15 @@ impl Service {
                 self.audit_login(login, peer_uid, Method::None, None, Outcome::Ignore, why);
                 Ok(Err(answer))
             };
+            // A user's own "disable" counts only while the policy allows it.
+            if let Some(by_root) = self.store.disabled(&login.user)?
+                && (by_root || self.policy.user_may_disable)
+            {
+                let by = if by_root { "root" } else { "the user" };
+                let why = format!("SmartSign disabled for this account by {by}");
+                self.audit_login(login, peer_uid, Method::None, None, Outcome::Ignore, &why);
+                return Ok(Err(Response::Skip { notice: None }));
+            }
             match self.policy.decide(&facts) {
                 Decision::Ask => {}
                 Decision::Exempt(why) => return skip(&why, Response::Skip { notice: None }),
@@ -699,6 +714,13 @@ impl Service {
             email: self.store.email(user)?,
             email_pending: self.pending_address(user, now)?,
             backup_codes_left: self.store.backup_codes(user)?.len() as u32,
+            disabled: self.store.disabled(user)?.map(|by_root| {
+                if by_root {
+                    "by root".to_owned()
+                } else {
+                    "by the user".to_owned()
+                }
+            }),
         }))
     }
 
@@ -917,6 +939,60 @@ impl Service {
             DenyReason::WrongCode,
             now,
         )
+    }
+
+    /// Turns SmartSign off for the account: root always, a user only where
+    /// the policy allows it and with a code from an enrolled phone.
+    fn disable(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        code: Option<&Secret>,
+    ) -> Result<Response, Refusal> {
+        if peer_uid != 0 {
+            if !self.policy.user_may_disable {
+                return Err(Refusal {
+                    kind: ErrorKind::Refused,
+                    message: "this host's policy does not let users turn SmartSign off".into(),
+                    audit: Some((
+                        Outcome::Refused,
+                        "disable asked, not allowed by the policy".into(),
+                    )),
+                });
+            }
+            self.require_code(peer_uid, user, code)?;
+        }
+        self.store
+            .set_disabled(user, Some(peer_uid == 0), (self.clock)())?;
+        let by = if peer_uid == 0 { "root" } else { "the user" };
+        self.audit_manage(peer_uid, user, None, &format!("SmartSign disabled by {by}"));
+        self.flush();
+        Ok(Response::Done)
+    }
+
+    fn enable(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {
+        if self.store.disabled(user)? == Some(true) && peer_uid != 0 {
+            return Err(Refusal::quiet(
+                ErrorKind::Refused,
+                "root turned SmartSign off for this account; ask root",
+            ));
+        }
+        self.store.set_disabled(user, None, (self.clock)())?;
+        self.audit_manage(peer_uid, user, None, "SmartSign enabled");
+        self.flush();
+        Ok(Response::Done)
+    }
+
+    fn reset(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {
+        self.store.reset(user)?;
+        self.audit_manage(
+            peer_uid,
+            user,
+            None,
+            "account reset by root: phones, address, codes removed",
+        );
+        self.flush();
+        Ok(Response::Done)
     }
 
     fn unlock(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {

@@ -129,6 +129,13 @@ pub trait Store: Send + Sync {
     fn backup_codes(&self, user: &str) -> StoreResult<Vec<(i64, String)>>;
     /// Marks one used; `false` if another login used it first.
     fn use_backup_code(&self, id: i64, now: u64) -> StoreResult<bool>;
+
+    /// Whether SmartSign is turned off for the account, and whether root did it.
+    fn disabled(&self, user: &str) -> StoreResult<Option<bool>>;
+    fn set_disabled(&self, user: &str, by_root: Option<bool>, now: u64) -> StoreResult<()>;
+    /// Forgets everything about the account: phones, address, codes,
+    /// failures, lockout, the disabled mark.
+    fn reset(&self, user: &str) -> StoreResult<()>;
 }
 
 /// Each entry moves the schema one version up; never edit a shipped one.
@@ -168,7 +175,8 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL,
         used INTEGER
     );
-    CREATE INDEX backup_codes_by_user ON backup_codes (user);",
+    CREATE INDEX backup_codes_by_user ON backup_codes (user);
+    CREATE TABLE disabled (user TEXT PRIMARY KEY, since INTEGER NOT NULL, by_root INTEGER NOT NULL);",
 ];
 
 /// What an emailed code is for.
@@ -604,6 +612,48 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT id, hash FROM backup_codes WHERE user = ?1 AND used IS NULL")?;
         let rows = query.query_map([user], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn disabled(&self, user: &str) -> StoreResult<Option<bool>> {
+        let db = self.lock()?;
+        Ok(db
+            .query_row(
+                "SELECT by_root FROM disabled WHERE user = ?1",
+                [user],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn set_disabled(&self, user: &str, by_root: Option<bool>, now: u64) -> StoreResult<()> {
+        let db = self.lock()?;
+        match by_root {
+            Some(by_root) => db.execute(
+                "INSERT INTO disabled (user, since, by_root) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user) DO UPDATE SET since = excluded.since, by_root = excluded.by_root",
+                params![user, now as i64, by_root],
+            )?,
+            None => db.execute("DELETE FROM disabled WHERE user = ?1", [user])?,
+        };
+        Ok(())
+    }
+
+    fn reset(&self, user: &str) -> StoreResult<()> {
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        for table in [
+            "phones",
+            "failures",
+            "lockouts",
+            "emails",
+            "email_codes",
+            "backup_codes",
+            "disabled",
+        ] {
+            tx.execute(&format!("DELETE FROM {table} WHERE user = ?1"), [user])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn use_backup_code(&self, id: i64, now: u64) -> StoreResult<bool> {

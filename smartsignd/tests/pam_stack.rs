@@ -400,3 +400,41 @@ fn a_backup_code_works_once() {
             .any(|l| l.contains("method=backup-code") && l.contains("result=allow"))
     );
 }
+
+/// `smartsign disable` run by the user: refused where the policy forbids
+/// it, and where it allows it, later logins need no code.
+#[test]
+fn a_user_disables_smartsign_only_where_allowed() {
+    require_root();
+    for allowed in [false, true] {
+        let dir = TempDir::new(&format!("disable-{allowed}"));
+        let user = TestUser::new(&format!("sse2e-dis{}", u8::from(allowed)));
+        let daemon = Daemon::start(&dir, &format!("[policy]\nuser_may_disable = {allowed}\n"));
+        let stack = stack(&dir, &daemon, "");
+        std::fs::write(
+            &stack.passdb,
+            format!("{}:secret:smartsign-test\n", user.name),
+        )
+        .unwrap();
+        let secret = daemon.enroll(&user.name, "Pixel");
+        let out = as_uid(user.uid(), SMARTSIGN)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["disable", "--code", &oathtool(&secret, "now")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), allowed, "{}", output(&out));
+        let login = pamtester(&dir, &stack, &user.name, &["secret", "000000"], None);
+        assert_eq!(login.status.success(), allowed, "{}", output(&login));
+        let expected = if allowed {
+            "disabled for this account by the user"
+        } else {
+            "not allowed by the policy"
+        };
+        assert!(
+            daemon.audit().iter().any(|l| l.contains(expected)),
+            "{}",
+            daemon.log()
+        );
+    }
+}

@@ -100,6 +100,17 @@ fn main() -> ExitCode {
             .map(code_arg)
             .transpose()
             .and_then(|code| app.backup_codes(code)),
+        Command::Disable { code } => code
+            .map(code_arg)
+            .transpose()
+            .and_then(|code| app.disable(code)),
+        Command::Enable => app.simple(
+            Request::Enable {
+                user: app.user.clone(),
+            },
+            "SmartSign is on for this account.",
+        ),
+        Command::Reset { yes } => app.reset(yes),
         Command::Unlock => app.unlock(),
     };
     match outcome {
@@ -350,6 +361,53 @@ impl App {
                 for code in &codes {
                     println!("    {}", code.expose());
                 }
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn disable(&self, code: Option<Secret>) -> Outcome {
+        let user = self.user.clone();
+        match self.with_code(code, true, |code| Request::Disable {
+            user: user.clone(),
+            code,
+        })? {
+            Response::Done => {
+                println!("SmartSign is off for this account: logins ask for no second factor.");
+                println!("Turn it back on with: smartsign enable");
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn reset(&self, yes: bool) -> Outcome {
+        let Some(user) = self.user.clone() else {
+            return Err(Failure(
+                Exit::Usage,
+                "name the account: smartsign --user NAME reset".into(),
+            ));
+        };
+        if !yes {
+            let answer = prompt(&format!(
+                "Remove every phone, the address and the backup codes of {user}? Type yes: "
+            ))?;
+            if answer.expose() != "yes" {
+                return Err(Failure(Exit::Failed, "nothing changed".into()));
+            }
+        }
+        self.simple(
+            Request::Reset { user: user.clone() },
+            &format!("{user} is reset: no phone, address or backup code is left."),
+        )
+    }
+
+    /// A request answered with `Done`, and the line to print then.
+    fn simple(&self, request: Request, done: &str) -> Outcome {
+        match self.call(request)? {
+            Response::Done => {
+                println!("{done}");
                 Ok(())
             }
             other => Err(unexpected(&other)),

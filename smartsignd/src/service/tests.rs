@@ -1880,3 +1880,202 @@ fn backup_codes_work_once_and_only_as_hashes() {
         "{add:?}"
     );
 }
+
+#[test]
+fn disabling_follows_the_policy() {
+    let f = Fixture::new("disable");
+    let secret = f.enroll("alice", "Pixel");
+    // Forbidden by default, for users; the store is untouched.
+    let refused = f.service.handle(
+        ALICE,
+        Request::Disable {
+            user: None,
+            code: None,
+        },
+    );
+    assert!(
+        matches!(
+            refused,
+            Response::Error {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(f.last_line().contains("not allowed by the policy"));
+
+    let f = with_policy(
+        "disable-allowed",
+        Policy {
+            user_may_disable: true,
+            unenrolled: Unenrolled::Allow,
+            ..Policy::default()
+        },
+    );
+    let secret2 = f.enroll("alice", "Pixel");
+    let needs = f.service.handle(
+        ALICE,
+        Request::Disable {
+            user: None,
+            code: None,
+        },
+    );
+    assert!(matches!(
+        needs,
+        Response::Error {
+            kind: ErrorKind::CodeRequired,
+            ..
+        }
+    ));
+    let proof = code_at(&secret2, f.time());
+    assert_eq!(
+        f.service.handle(
+            ALICE,
+            Request::Disable {
+                user: None,
+                code: Some(proof.as_str().into())
+            }
+        ),
+        Response::Done
+    );
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Skip { notice: None }
+    );
+    assert!(
+        f.last_line()
+            .contains("disabled for this account by the user"),
+        "{}",
+        f.last_line()
+    );
+    let Response::Status(status) = f.service.handle(ALICE, Request::Status { user: None }) else {
+        panic!()
+    };
+    assert_eq!(status.disabled.as_deref(), Some("by the user"));
+    assert_eq!(
+        f.service.handle(ALICE, Request::Enable { user: None }),
+        Response::Done
+    );
+    assert!(matches!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Challenge { .. }
+    ));
+    drop(secret);
+}
+
+#[test]
+fn a_users_disable_stops_counting_when_the_policy_forbids_it() {
+    let mut f = with_policy(
+        "disable-revoked",
+        Policy {
+            user_may_disable: true,
+            ..Policy::default()
+        },
+    );
+    let secret = f.enroll("alice", "Pixel");
+    let proof = code_at(&secret, f.time());
+    f.service.handle(
+        ALICE,
+        Request::Disable {
+            user: None,
+            code: Some(proof.as_str().into()),
+        },
+    );
+    Arc::get_mut(&mut f.service)
+        .unwrap()
+        .policy
+        .user_may_disable = false;
+    assert!(matches!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Challenge { .. }
+    ));
+    // Root's word stands whatever the policy, and only root takes it back.
+    f.service.handle(
+        0,
+        Request::Disable {
+            user: Some("alice".into()),
+            code: None,
+        },
+    );
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice")
+            }
+        ),
+        Response::Skip { notice: None }
+    );
+    let enable = f.service.handle(ALICE, Request::Enable { user: None });
+    assert!(matches!(
+        enable,
+        Response::Error {
+            kind: ErrorKind::Refused,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn root_resets_an_account() {
+    let f = Fixture::new("reset");
+    f.enroll("alice", "Pixel");
+    f.service.handle(
+        0,
+        Request::EmailSet {
+            user: Some("alice".into()),
+            address: "a@example.org".into(),
+            code: None,
+        },
+    );
+    f.service.handle(
+        0,
+        Request::BackupCodes {
+            user: Some("alice".into()),
+            code: None,
+        },
+    );
+    let refused = f.service.handle(
+        ALICE,
+        Request::Reset {
+            user: "alice".into(),
+        },
+    );
+    assert!(matches!(
+        refused,
+        Response::Error {
+            kind: ErrorKind::Refused,
+            ..
+        }
+    ));
+    assert_eq!(
+        f.service.handle(
+            0,
+            Request::Reset {
+                user: "alice".into()
+            }
+        ),
+        Response::Done
+    );
+    let Response::Status(status) = f.service.handle(ALICE, Request::Status { user: None }) else {
+        panic!()
+    };
+    assert!(status.phones.is_empty() && status.email.is_none() && status.backup_codes_left == 0);
+    assert!(f.last_line().contains("account reset by root"));
+}
