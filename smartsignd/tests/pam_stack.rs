@@ -438,3 +438,38 @@ fn a_user_disables_smartsign_only_where_allowed() {
         );
     }
 }
+
+/// Every skip is PAM_IGNORE, never PAM_SUCCESS: with
+/// `auth sufficient pam_smartsign.so` first, the password is still asked.
+#[test]
+fn a_sufficient_stack_still_asks_for_the_password() {
+    require_root();
+    let dir = TempDir::new("sufficient");
+    let user = TestUser::new("sse2e-suff");
+    let daemon = Daemon::start(
+        &dir,
+        "[policy]\ntrusted_networks = [\"10.0.0.0/8\"]\nunenrolled = \"allow\"\n",
+    );
+    let services = dir.join("pam.d");
+    std::fs::create_dir_all(&services).unwrap();
+    let passdb = dir.join("passdb");
+    std::fs::write(&passdb, format!("{}:secret:smartsign-test\n", user.name)).unwrap();
+    std::fs::write(
+        services.join("smartsign-test"),
+        format!(
+            "auth required /usr/lib/x86_64-linux-gnu/pam_wrapper/pam_set_items.so\n\
+             auth sufficient {} socket={}\n\
+             auth required {MATRIX} passdb={}\n",
+            module_path().display(),
+            daemon.socket.display(),
+            passdb.display()
+        ),
+    )
+    .unwrap();
+    let stack = Stack { services, passdb };
+    // Trusted network and no phone: SmartSign skips, the password decides.
+    let wrong = pamtester_with_rhost(&dir, &stack, &user.name, "10.1.2.3");
+    assert!(!wrong.status.success(), "{}", output(&wrong));
+    assert!(output(&wrong).contains("Password"), "{}", output(&wrong));
+    assert!(daemon.audit().iter().any(|l| l.contains("trusted network")));
+}
