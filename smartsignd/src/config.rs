@@ -122,12 +122,7 @@ fn mailbox<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
 }
 
 fn max_per_hour<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
-    match i64::deserialize(de)? {
-        count @ 1..=100 => Ok(count as u32),
-        other => Err(serde::de::Error::custom(format!(
-            "max_per_hour is from 1 to 100, not {other}"
-        ))),
-    }
+    ranged(de, 1, 100, "max_per_hour is from 1 to 100")
 }
 
 fn some_absolute_path<'de, D: Deserializer<'de>>(de: D) -> Result<Option<PathBuf>, D::Error> {
@@ -460,6 +455,21 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     (!key.is_empty()).then(|| key.to_owned())
 }
 
+/// A whole number within `low..=high`; `what` says so when it is not.
+fn ranged<'de, D: Deserializer<'de>, T: TryFrom<i64>>(
+    de: D,
+    low: i64,
+    high: i64,
+    what: &str,
+) -> Result<T, D::Error> {
+    let value = i64::deserialize(de)?;
+    (low..=high)
+        .contains(&value)
+        .then(|| T::try_from(value).ok())
+        .flatten()
+        .ok_or_else(|| serde::de::Error::custom(format!("{what}, not {value}")))
+}
+
 fn absolute_path<'de, D: Deserializer<'de>>(de: D) -> Result<PathBuf, D::Error> {
     let path = PathBuf::deserialize(de)?;
     if path.is_absolute() {
@@ -473,21 +483,16 @@ fn absolute_path<'de, D: Deserializer<'de>>(de: D) -> Result<PathBuf, D::Error> 
 }
 
 fn skew<'de, D: Deserializer<'de>>(de: D) -> Result<u8, D::Error> {
-    match i64::deserialize(de)? {
-        steps @ 0..=10 => Ok(steps as u8),
-        other => Err(serde::de::Error::custom(format!(
-            "skew is a number of 30-second steps from 0 to 10, not {other}"
-        ))),
-    }
+    ranged(
+        de,
+        0,
+        10,
+        "skew is a number of 30-second steps from 0 to 10",
+    )
 }
 
 fn max_failures<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
-    match i64::deserialize(de)? {
-        count @ 1..=1000 => Ok(count as u32),
-        other => Err(serde::de::Error::custom(format!(
-            "max_failures is from 1 to 1000, not {other}"
-        ))),
-    }
+    ranged(de, 1, 1000, "max_failures is from 1 to 1000")
 }
 
 /// Durations are written as `"30s"`, `"15m"`, `"1h"`.

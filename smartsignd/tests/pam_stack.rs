@@ -42,6 +42,21 @@ fn stack(dir: &TempDir, daemon: &Daemon, module_args: &str) -> Stack {
 
 /// Runs `pamtester smartsign-test USER authenticate`, answering prompts
 /// from `answers`, as `uid` (root when `None`).
+/// One user with the password "secret" in a stack of its own, and a daemon
+/// with `config`.
+fn one_user(name: &str, user: &str, config: &str) -> (TempDir, TestUser, Daemon, Stack) {
+    let dir = TempDir::new(name);
+    let user = TestUser::new(user);
+    let daemon = Daemon::start(&dir, config);
+    let stack = stack(&dir, &daemon, "");
+    std::fs::write(
+        &stack.passdb,
+        format!("{}:secret:smartsign-test\n", user.name),
+    )
+    .unwrap();
+    (dir, user, daemon, stack)
+}
+
 fn pamtester(
     dir: &TempDir,
     stack: &Stack,
@@ -86,15 +101,7 @@ fn output(out: &Output) -> String {
 #[test]
 fn sudo_like_stack_run_by_root() {
     require_root();
-    let dir = TempDir::new("pamstack");
-    let user = TestUser::new("sse2e-pam");
-    let daemon = Daemon::start(&dir, "");
-    let stack = stack(&dir, &daemon, "");
-    std::fs::write(
-        &stack.passdb,
-        format!("{}:secret:smartsign-test\n", user.name),
-    )
-    .unwrap();
+    let (dir, user, daemon, stack) = one_user("pamstack", "sse2e-pam", "");
     let phone = daemon.enroll(&user.name, "Pixel");
 
     let out = pamtester(
@@ -368,15 +375,7 @@ fn a_user_nss_cannot_find_is_not_exempted_by_groups() {
 #[test]
 fn a_backup_code_works_once() {
     require_root();
-    let dir = TempDir::new("backup");
-    let user = TestUser::new("sse2e-backup");
-    let daemon = Daemon::start(&dir, "");
-    let stack = stack(&dir, &daemon, "");
-    std::fs::write(
-        &stack.passdb,
-        format!("{}:secret:smartsign-test\n", user.name),
-    )
-    .unwrap();
+    let (dir, user, daemon, stack) = one_user("backup", "sse2e-backup", "");
     daemon.enroll(&user.name, "Pixel");
     let out = daemon.cli(&["--user", &user.name, "backup-codes"]);
     assert!(out.status.success(), "{}", output(&out));
@@ -407,15 +406,11 @@ fn a_backup_code_works_once() {
 fn a_user_disables_smartsign_only_where_allowed() {
     require_root();
     for allowed in [false, true] {
-        let dir = TempDir::new(&format!("disable-{allowed}"));
-        let user = TestUser::new(&format!("sse2e-dis{}", u8::from(allowed)));
-        let daemon = Daemon::start(&dir, &format!("[policy]\nuser_may_disable = {allowed}\n"));
-        let stack = stack(&dir, &daemon, "");
-        std::fs::write(
-            &stack.passdb,
-            format!("{}:secret:smartsign-test\n", user.name),
-        )
-        .unwrap();
+        let (dir, user, daemon, stack) = one_user(
+            &format!("disable-{allowed}"),
+            &format!("sse2e-dis{}", u8::from(allowed)),
+            &format!("[policy]\nuser_may_disable = {allowed}\n"),
+        );
         let secret = daemon.enroll(&user.name, "Pixel");
         let out = as_uid(user.uid(), SMARTSIGN)
             .arg("--socket")
