@@ -103,6 +103,10 @@ pub enum Request {
     Enable {
         user: Option<String>,
     },
+    /// Which rules apply to the account, and why (root only).
+    Explain {
+        user: String,
+    },
     /// Remove phones, address, backup codes and lockout (root only).
     Reset {
         user: String,
@@ -132,7 +136,9 @@ impl Request {
             | Request::BackupCodes { user, .. }
             | Request::Disable { user, .. }
             | Request::Enable { user } => user.as_deref(),
-            Request::Unlock { user } | Request::Reset { user } => Some(user),
+            Request::Unlock { user } | Request::Reset { user } | Request::Explain { user } => {
+                Some(user)
+            }
         }
     }
 
@@ -155,6 +161,7 @@ impl Request {
             Request::Disable { .. } => "disable",
             Request::Enable { .. } => "enable",
             Request::Reset { .. } => "reset",
+            Request::Explain { .. } => "explain",
             Request::Unlock { .. } => "unlock",
         }
     }
@@ -186,6 +193,7 @@ impl std::fmt::Display for Request {
             | Request::Disable { .. }
             | Request::Enable { .. }
             | Request::Reset { .. }
+            | Request::Explain { .. }
             | Request::Unlock { .. } => {}
         }
         Ok(())
@@ -329,6 +337,10 @@ pub enum Response {
     PhoneCreated(NewPhone),
     Phones {
         phones: Vec<PhoneInfo>,
+    },
+    /// Lines that say which rules apply to an account.
+    Explanation {
+        lines: Vec<String>,
     },
     /// Shown once: the only time these codes leave the daemon.
     BackupCodes {

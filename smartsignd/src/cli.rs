@@ -66,6 +66,8 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Say which rules apply to an account, and why (root only, with --user).
+    Policy,
     /// Lift a lockout now (root only, with --user).
     Unlock,
 }

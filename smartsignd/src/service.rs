@@ -302,6 +302,7 @@ impl Service {
             Request::Disable { code, .. } => self.disable(peer_uid, &user, code.as_ref()),
             Request::Enable { .. } => self.enable(peer_uid, &user),
             Request::Reset { .. } => self.reset(peer_uid, &user),
+            Request::Explain { .. } => self.explain(&user),
             Request::Unlock { .. } => self.unlock(peer_uid, &user),
         }
     }
@@ -346,7 +347,11 @@ impl Service {
         let user = target_uid
             .and_then(|uid| self.accounts.name_of(uid))
             .unwrap_or(user);
-        if matches!(request, Request::Unlock { .. } | Request::Reset { .. }) && peer_uid != 0 {
+        let root_only = matches!(
+            request,
+            Request::Unlock { .. } | Request::Reset { .. } | Request::Explain { .. }
+        );
+        if root_only && peer_uid != 0 {
             // Otherwise a lockout would be one command away from lifting itself.
             return Err(Refusal {
                 kind: ErrorKind::Refused,
@@ -981,6 +986,101 @@ impl Service {
         self.audit_manage(peer_uid, user, None, "SmartSign enabled");
         self.flush();
         Ok(Response::Done)
+    }
+
+    /// Which rules apply to `user`, and why, for an administrator.
+    fn explain(&self, user: &str) -> Result<Response, Refusal> {
+        let now = (self.clock)();
+        let policy = &self.policy;
+        let phones = confirmed(self.store.phones(user)?);
+        let gids = self.accounts.gids_of(user);
+        let mut lines = Vec::new();
+        let names = |groups: &[(String, u32)]| {
+            groups
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &gids {
+            None => lines.push(format!(
+                "{user}: NSS does not know this account; no group exempts it"
+            )),
+            Some(gids) => {
+                let exempt: Vec<_> = policy
+                    .exempt_groups
+                    .iter()
+                    .filter(|(_, g)| gids.contains(g))
+                    .collect();
+                if let Some((name, _)) = exempt.first() {
+                    lines.push(format!(
+                        "exempt: member of {name} (exempt_groups: {})",
+                        names(&policy.exempt_groups)
+                    ));
+                }
+                if !policy.require_groups.is_empty() {
+                    let member = policy.require_groups.iter().any(|(_, g)| gids.contains(g));
+                    lines.push(format!(
+                        "{} of the required groups ({})",
+                        if member {
+                            "member of one"
+                        } else {
+                            "exempt: member of none"
+                        },
+                        names(&policy.require_groups)
+                    ));
+                }
+            }
+        }
+        if let Some(by_root) = self.store.disabled(user)? {
+            let counts = by_root || policy.user_may_disable;
+            lines.push(format!(
+                "turned off {}{}",
+                if by_root { "by root" } else { "by the user" },
+                if counts {
+                    ": logins need no second factor"
+                } else {
+                    ", which the policy no longer allows: ignored"
+                }
+            ));
+        }
+        if !policy.trusted_networks.is_empty() {
+            let nets: Vec<String> = policy
+                .trusted_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            lines.push(format!(
+                "logins from {} need no second factor",
+                nets.join(", ")
+            ));
+        }
+        if policy.trust_local {
+            lines.push("logins without a remote host need no second factor (trust_local)".into());
+        }
+        match (phones.len(), policy.skip_allowed(now as i64)) {
+            (0, Some(deadline)) => {
+                lines.push(format!("no phone: may log in without one until {deadline}"))
+            }
+            (0, None) => lines.push(format!(
+                "no phone: {} (unenrolled = {:?})",
+                match policy.unenrolled {
+                    crate::policy::Unenrolled::Deny => "refused",
+                    crate::policy::Unenrolled::Allow => "let through on the rest of the stack",
+                },
+                policy.unenrolled
+            )),
+            (n, skip) => {
+                lines.push(format!("{n} phone(s): asked for a code"));
+                if let Some(deadline) = skip {
+                    lines.push(format!("may answer s to skip until {deadline}"));
+                }
+            }
+        }
+        if let Some(until) = self.store.locked_until(user, now)? {
+            lines.push(format!("locked out until {}", time(until)));
+        }
+        Ok(Response::Explanation { lines })
     }
 
     fn reset(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {

@@ -111,6 +111,7 @@ fn main() -> ExitCode {
             "SmartSign is on for this account.",
         ),
         Command::Reset { yes } => app.reset(yes),
+        Command::Policy => app.explain(),
         Command::Unlock => app.unlock(),
     };
     match outcome {
@@ -408,6 +409,25 @@ impl App {
         match self.call(request)? {
             Response::Done => {
                 println!("{done}");
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn explain(&self) -> Outcome {
+        let Some(user) = self.user.clone() else {
+            return Err(Failure(
+                Exit::Usage,
+                "name the account: smartsign --user NAME policy".into(),
+            ));
+        };
+        match self.call(Request::Explain { user: user.clone() })? {
+            Response::Explanation { lines } => {
+                println!("SmartSign policy for {user}:");
+                for line in lines {
+                    println!("  {line}");
+                }
                 Ok(())
             }
             other => Err(unexpected(&other)),

@@ -2079,3 +2079,54 @@ fn root_resets_an_account() {
     assert!(status.phones.is_empty() && status.email.is_none() && status.backup_codes_left == 0);
     assert!(f.last_line().contains("account reset by root"));
 }
+
+#[test]
+fn root_can_ask_which_rules_apply() {
+    let deadline = (START + 100) as i64;
+    let f = with_policy(
+        "explain",
+        Policy {
+            skip_until: Some((deadline, "1 April 2027".into())),
+            exempt_groups: vec![("robots".into(), 900)],
+            trusted_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Policy::default()
+        },
+    );
+    let explain = |user: &str| {
+        let Response::Explanation { lines } =
+            f.service.handle(0, Request::Explain { user: user.into() })
+        else {
+            panic!()
+        };
+        lines.join("\n")
+    };
+    let alice = explain("alice");
+    assert!(alice.contains("exempt: member of robots"), "{alice}");
+    assert!(
+        alice.contains("logins from 10.0.0.0/8 need no second factor"),
+        "{alice}"
+    );
+    assert!(
+        alice.contains("no phone: may log in without one until 1 April 2027"),
+        "{alice}"
+    );
+    f.enroll("bob", "Pixel");
+    let bob = explain("bob");
+    assert!(
+        bob.contains("1 phone(s): asked for a code") && bob.contains("may answer s to skip"),
+        "{bob}"
+    );
+    let refused = f.service.handle(
+        ALICE,
+        Request::Explain {
+            user: "alice".into(),
+        },
+    );
+    assert!(matches!(
+        refused,
+        Response::Error {
+            kind: ErrorKind::Refused,
+            ..
+        }
+    ));
+}
