@@ -11,6 +11,20 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 
+/// Both a start and `--check-config` on `config` exit 2 saying `words`.
+fn refuses_to_start(config: &std::path::Path, words: &str) {
+    for args in [&["--config"][..], &["--check-config", "--config"]] {
+        let out = Command::new(SMARTSIGND)
+            .args(args)
+            .arg(config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn a_bad_config_stops_the_start_with_file_line_and_key() {
     let dir = TempDir::new("badconfig");
@@ -20,19 +34,10 @@ fn a_bad_config_stops_the_start_with_file_line_and_key() {
         "state_dir = \"/tmp/x\"\n[lockout]\nmax_failure = 3\n",
     )
     .unwrap();
-    for args in [&["--config"][..], &["--check-config", "--config"]] {
-        let out = Command::new(SMARTSIGND)
-            .args(args)
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("smartsign.toml:3: key `max_failure`: unknown field"),
-            "{err}"
-        );
-    }
+    refuses_to_start(
+        &config,
+        "smartsign.toml:3: key `max_failure`: unknown field",
+    );
     let out = Command::new(SMARTSIGND)
         .args(["--config", "/nonexistent.toml"])
         .output()
@@ -359,17 +364,8 @@ fn a_group_that_does_not_exist_stops_the_start() {
         ),
     )
     .unwrap();
-    for args in [&["--config"][..], &["--check-config", "--config"]] {
-        let out = Command::new(SMARTSIGND)
-            .args(args)
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(":4: key `exempt_groups`: group \"no-such-group-x\" does not exist"),
-            "{err}"
-        );
-    }
+    refuses_to_start(
+        &config,
+        ":4: key `exempt_groups`: group \"no-such-group-x\" does not exist",
+    );
 }
