@@ -1,6 +1,10 @@
 //! The login, step by step, against traits for the PAM handle and the daemon.
 
-use smartsign_proto::{Client, ClientError, ErrorKind, LoginContext, Request, Response, Secret};
+use std::time::Duration;
+
+use smartsign_proto::{
+    Client, ClientError, ErrorKind, LoginContext, Request, Response, Secret, Session,
+};
 
 use crate::args::{Args, Failmode};
 use crate::outcome::Outcome;
@@ -36,13 +40,40 @@ pub trait Pam {
 /// One request to smartsignd, one answer.
 pub trait Daemon {
     fn call(&self, request: Request) -> Result<Response, ClientError>;
+    /// A connection of its own, for a push: it lives as long as the push.
+    fn open(&self) -> Result<Box<dyn Held>, ClientError>;
+}
+
+/// A connection kept open for several requests in turn.
+pub trait Held {
+    fn call(&mut self, request: Request, timeout: Duration) -> Result<Response, ClientError>;
 }
 
 impl Daemon for Client {
     fn call(&self, request: Request) -> Result<Response, ClientError> {
         Client::call(self, request)
     }
+
+    fn open(&self) -> Result<Box<dyn Held>, ClientError> {
+        Ok(Box::new(Client::open(self)?))
+    }
 }
+
+impl Held for Session {
+    fn call(&mut self, request: Request, timeout: Duration) -> Result<Response, ClientError> {
+        Session::call(self, request, timeout)
+    }
+}
+
+/// A push waiting for the phone, held by its connection.
+struct Push {
+    held: Box<dyn Held>,
+    number: u8,
+    expires: u64,
+}
+
+/// Prompts a login may show, before it has to decide.
+const MAX_PROMPTS: usize = 3;
 
 /// The whole of `pam_sm_authenticate`. `now` is Unix seconds.
 pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u64) -> Outcome {
@@ -60,14 +91,16 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         tty: pam.tty(),
     };
 
-    let (phones, mut email, skip_until) = match daemon.call(Request::Begin {
+    let (phones, mut email, skip_until, push, autopush) = match daemon.call(Request::Begin {
         login: login.clone(),
     }) {
         Ok(Response::Challenge {
             phones,
             email,
             skip_until,
-        }) => (phones, email, skip_until),
+            push,
+            autopush,
+        }) => (phones, email, skip_until, push, autopush),
         Ok(Response::NotEnrolled) => {
             if args.debug {
                 pam.log(
@@ -93,28 +126,75 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         );
     }
 
+    let mut push = if push {
+        match start_push(pam, daemon, args, &login, now) {
+            Ok(push) => push,
+            Err(outcome) => return outcome,
+        }
+    } else {
+        None
+    };
+    // A greeter's service: the phone answers without a prompt first.
+    if autopush && let Some(mut waiting) = push.take() {
+        pam.info(&format!(
+            "SmartSign: tap {} on your phone to log in.",
+            waiting.number
+        ));
+        if let Some(outcome) = wait_for_phone(pam, args, &mut waiting, now) {
+            return outcome;
+        }
+    }
+
     // Everything the user must know before answering is in the prompt
     // itself: sshd shows info messages only along with the next prompt.
     let user = printable(&login.user);
-    let mut options = Vec::new();
-    if let Some(to) = &email {
-        options.push(format!("1 to email a code to {to}"));
-    }
-    if let Some(until) = &skip_until {
-        options.push(format!("s to skip SmartSign, allowed until {until}"));
-    }
-    let mut prompt = if options.is_empty() {
-        format!("SmartSign code for {user}: ")
-    } else {
-        format!("SmartSign code for {user} (or {}): ", options.join(", or "))
-    };
-    // The first answer may ask for an email; the next one is a code.
-    for _ in 0..2 {
+    let mut emailed_to: Option<String> = None;
+    for _ in 0..MAX_PROMPTS {
+        let mut options = Vec::new();
+        if let Some(to) = &email {
+            options.push(format!("1 to email a code to {to}"));
+        }
+        if let Some(until) = &skip_until {
+            options.push(format!("s to skip SmartSign, allowed until {until}"));
+        }
+        let prompt = match (&push, &emailed_to) {
+            (Some(push), _) => {
+                options.insert(0, "type a code".into());
+                format!(
+                    "Tap {} on your phone, then press Enter (or {}): ",
+                    push.number,
+                    options.join(", or ")
+                )
+            }
+            (None, Some(to)) => format!("Code from the email to {to} (or from your phone): "),
+            (None, None) if options.is_empty() => format!("SmartSign code for {user}: "),
+            (None, None) => format!("SmartSign code for {user} (or {}): ", options.join(", or ")),
+        };
         let answer = match ask(pam, &prompt) {
             Ok(answer) => answer,
-            Err(outcome) => return outcome,
+            Err(outcome) => {
+                if let Some(push) = push.take() {
+                    cancel_push(args, push);
+                }
+                return outcome;
+            }
         };
-        if skip_until.is_some() && answer.expose().trim().eq_ignore_ascii_case("s") {
+        let typed = answer.expose().trim();
+        if typed.is_empty()
+            && let Some(waiting) = push.as_mut()
+        {
+            if let Some(outcome) = wait_for_phone(pam, args, waiting, now) {
+                return outcome;
+            }
+            push = None;
+            continue;
+        }
+        // Anything else the user types ends the push first: an approval
+        // must not slip in beside a code.
+        if let Some(push) = push.take() {
+            cancel_push(args, push);
+        }
+        if skip_until.is_some() && typed.eq_ignore_ascii_case("s") {
             return match daemon.call(Request::SkipNow { login }) {
                 Ok(Response::Skip { notice }) => skip(pam, notice.as_deref()),
                 Ok(Response::Deny { reason }) => {
@@ -126,16 +206,14 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                 Err(err) => unavailable(pam, args, &err.to_string()),
             };
         }
-        if email.is_none() || answer.expose().trim() != "1" {
+        if email.is_none() || typed != "1" {
             return verify(pam, daemon, args, login, answer, now);
         }
         email = None;
         match daemon.call(Request::SendEmailCode {
             login: login.clone(),
         }) {
-            Ok(Response::EmailSent { to, .. }) => {
-                prompt = format!("Code from the email to {to} (or from your phone): ");
-            }
+            Ok(Response::EmailSent { to, .. }) => emailed_to = Some(to),
             Ok(Response::Error {
                 kind: ErrorKind::MailFailed | ErrorKind::TooMany,
                 message,
@@ -147,7 +225,6 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                 pam.error(&format!(
                     "SmartSign could not email a code: {message}. Type the code from your phone."
                 ));
-                prompt = format!("SmartSign code for {user}: ");
             }
             // The daemon answered before; a mail server keeping it busy past
             // our bound leaves the app code, not the fail mode.
@@ -159,18 +236,107 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                 pam.error(
                     "SmartSign could not email a code in time. Type the code from your phone.",
                 );
-                prompt = format!("SmartSign code for {user}: ");
             }
             Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
             Ok(other) => return odd_answer(pam, args, &other),
             Err(err) => return unavailable(pam, args, &err.to_string()),
         }
     }
-    let answer = match ask(pam, &prompt) {
-        Ok(answer) => answer,
-        Err(outcome) => return outcome,
+    pam.error("SmartSign: no code was given.");
+    Outcome::AuthErr
+}
+
+/// Sends the push; `Ok(None)` when push cannot be had this time (the user
+/// is told, and types a code instead).
+fn start_push(
+    pam: &mut dyn Pam,
+    daemon: &dyn Daemon,
+    args: &Args,
+    login: &LoginContext,
+    now: u64,
+) -> Result<Option<Push>, Outcome> {
+    let no_push = |pam: &mut dyn Pam, why: &str| {
+        pam.log(Priority::Warning, &format!("no push: {why}"));
+        pam.error(&format!(
+            "SmartSign: push is unavailable ({}). Type a code instead.",
+            printable(why)
+        ));
+        Ok(None)
     };
-    verify(pam, daemon, args, login, answer, now)
+    let mut held = match daemon.open() {
+        Ok(held) => held,
+        Err(err) => return no_push(pam, &err.to_string()),
+    };
+    let start = Request::PushStart {
+        login: login.clone(),
+    };
+    match held.call(start, args.timeout) {
+        Ok(Response::PushSent {
+            number, expires, ..
+        }) => Ok(Some(Push {
+            held,
+            number,
+            expires,
+        })),
+        Ok(Response::Error {
+            kind: ErrorKind::PushFailed | ErrorKind::TooMany,
+            message,
+        }) => no_push(pam, &message),
+        Ok(Response::LockedOut { until }) => Err(locked_out(pam, until, now)),
+        Ok(Response::Deny { reason }) => {
+            pam.error(&format!("SmartSign: {}.", reason.describe()));
+            Err(Outcome::AuthErr)
+        }
+        Ok(Response::Skip { notice }) => Err(skip(pam, notice.as_deref())),
+        Ok(Response::NotEnrolled) => Err(Outcome::Ignore),
+        Ok(other) => no_push(pam, &format!("unexpected answer {other:?}")),
+        Err(err) => no_push(pam, &err.to_string()),
+    }
+}
+
+/// Waits for the phone. `None` when the push failed and a code may still
+/// be typed; the user has been told.
+fn wait_for_phone(pam: &mut dyn Pam, args: &Args, push: &mut Push, now: u64) -> Option<Outcome> {
+    // The daemon ends the push at `expires`; this bound is for a daemon
+    // that stops answering.
+    let left = push.expires.saturating_sub(now).min(600);
+    let bound = Duration::from_secs(left) + args.timeout;
+    match push.held.call(Request::PushWait, bound) {
+        Ok(Response::Allow { phone }) => {
+            if args.debug {
+                pam.log(Priority::Debug, &format!("approved on {phone:?}"));
+            }
+            Some(Outcome::Success)
+        }
+        Ok(Response::Deny { reason }) => {
+            pam.error(&format!("SmartSign: {}.", reason.describe()));
+            Some(Outcome::AuthErr)
+        }
+        Ok(Response::LockedOut { until }) => Some(locked_out(pam, until, now)),
+        Ok(Response::Error {
+            kind: ErrorKind::PushFailed,
+            message,
+        }) => {
+            pam.log(Priority::Warning, &format!("push failed: {message}"));
+            pam.error(&format!(
+                "SmartSign: push is unavailable ({}). Type a code instead.",
+                printable(&message)
+            ));
+            None
+        }
+        Ok(other) => Some(odd_answer(pam, args, &other)),
+        Err(err) => {
+            pam.log(Priority::Warning, &format!("waiting for the phone: {err}"));
+            pam.error("SmartSign: no answer about the push. Type a code instead.");
+            None
+        }
+    }
+}
+
+/// Withdraws a push the user answered otherwise; closing its connection
+/// would too, this says why.
+fn cancel_push(args: &Args, mut push: Push) {
+    let _ = push.held.call(Request::PushCancel, args.timeout);
 }
 
 /// One hidden prompt; an answer too long to be a code is refused here.
@@ -314,7 +480,7 @@ mod tests {
     use smartsign_proto::DenyReason;
     use std::cell::RefCell;
     use std::collections::VecDeque;
-    use std::time::Duration;
+    use std::rc::Rc;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -366,35 +532,63 @@ mod tests {
         }
     }
 
+    type Script = Rc<RefCell<VecDeque<(&'static str, Result<Response, ClientError>)>>>;
+
     /// Answers each expected request in turn and checks that all were asked.
+    /// Requests on held connections (pushes) come from the same script.
     struct ScriptedDaemon {
-        script: RefCell<VecDeque<(&'static str, Result<Response, ClientError>)>>,
-        codes: RefCell<Vec<String>>,
+        script: Script,
+        codes: Rc<RefCell<Vec<String>>>,
     }
 
     impl ScriptedDaemon {
         fn new(script: Vec<(&'static str, Result<Response, ClientError>)>) -> Self {
             Self {
-                script: RefCell::new(script.into()),
-                codes: RefCell::default(),
+                script: Rc::new(RefCell::new(script.into())),
+                codes: Rc::default(),
             }
+        }
+    }
+
+    fn answer(
+        script: &Script,
+        codes: &RefCell<Vec<String>>,
+        request: &Request,
+    ) -> Result<Response, ClientError> {
+        let (op, answer) = script
+            .borrow_mut()
+            .pop_front()
+            .unwrap_or_else(|| panic!("an unexpected {}", request.op()));
+        assert_eq!(request.op(), op);
+        if let Request::VerifyCode { login, code } = request {
+            assert_eq!(login.service, "sshd");
+            assert_eq!(login.rhost.as_deref(), Some("192.0.2.7"));
+            codes.borrow_mut().push(code.expose().into());
+        }
+        answer
+    }
+
+    struct ScriptedHeld {
+        script: Script,
+        codes: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Held for ScriptedHeld {
+        fn call(&mut self, request: Request, _: Duration) -> Result<Response, ClientError> {
+            answer(&self.script, &self.codes, &request)
         }
     }
 
     impl Daemon for ScriptedDaemon {
         fn call(&self, request: Request) -> Result<Response, ClientError> {
-            let (op, answer) = self
-                .script
-                .borrow_mut()
-                .pop_front()
-                .expect("an unexpected call");
-            assert_eq!(request.op(), op);
-            if let Request::VerifyCode { login, code } = &request {
-                assert_eq!(login.service, "sshd");
-                assert_eq!(login.rhost.as_deref(), Some("192.0.2.7"));
-                self.codes.borrow_mut().push(code.expose().into());
-            }
-            answer
+            answer(&self.script, &self.codes, &request)
+        }
+
+        fn open(&self) -> Result<Box<dyn Held>, ClientError> {
+            Ok(Box::new(ScriptedHeld {
+                script: Rc::clone(&self.script),
+                codes: Rc::clone(&self.codes),
+            }))
         }
     }
 
@@ -414,6 +608,8 @@ mod tests {
             phones: vec!["Pixel 8".into()],
             email: None,
             skip_until: None,
+            push: false,
+            autopush: false,
         })
     }
 
@@ -632,6 +828,9 @@ mod tests {
             fn call(&self, _: Request) -> Result<Response, ClientError> {
                 panic!("daemon client bug");
             }
+            fn open(&self) -> Result<Box<dyn Held>, ClientError> {
+                panic!("daemon client bug");
+            }
         }
         let code = crate::outcome::guarded(|| {
             let mut pam = ScriptedPam::alice(&[]);
@@ -668,6 +867,8 @@ mod tests {
             phones: vec!["Pixel 8".into()],
             email: Some("a****@example.org".into()),
             skip_until: None,
+            push: false,
+            autopush: false,
         })
     }
 
@@ -816,6 +1017,8 @@ mod tests {
                     phones: vec!["Pixel 8".into()],
                     email: Some("a****@example.org".into()),
                     skip_until: Some("1 April 2027".into()),
+                    push: false,
+                    autopush: false,
                 }),
             ),
             ("skip_now", Ok(Response::Skip { notice: None })),
@@ -828,5 +1031,157 @@ mod tests {
               or s to skip SmartSign, allowed until 1 April 2027): "
             ]
         );
+    }
+
+    fn challenge_push(autopush: bool) -> Result<Response, ClientError> {
+        Ok(Response::Challenge {
+            phones: vec!["Pixel 8".into(), "iPhone".into()],
+            email: None,
+            skip_until: None,
+            push: true,
+            autopush,
+        })
+    }
+
+    fn sent() -> Result<Response, ClientError> {
+        Ok(Response::PushSent {
+            number: 47,
+            phones: vec!["Pixel 8".into(), "iPhone".into()],
+            expires: NOW + 60,
+        })
+    }
+
+    #[test]
+    fn enter_waits_for_the_phone_and_its_number_is_in_the_prompt() {
+        let mut pam = ScriptedPam::alice(&[""]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            (
+                "push_wait",
+                Ok(Response::Allow {
+                    phone: "iPhone".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(
+            pam.prompts,
+            ["Tap 47 on your phone, then press Enter (or type a code): "]
+        );
+    }
+
+    #[test]
+    fn a_wrong_number_or_no_answer_refuses() {
+        for reason in [DenyReason::WrongNumber, DenyReason::NoAnswer] {
+            let mut pam = ScriptedPam::alice(&[""]);
+            let daemon = ScriptedDaemon::new(vec![
+                ("begin", challenge_push(false)),
+                ("push_start", sent()),
+                ("push_wait", Ok(Response::Deny { reason })),
+            ]);
+            assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+            assert_eq!(pam.errors, [format!("SmartSign: {}.", reason.describe())]);
+        }
+    }
+
+    #[test]
+    fn a_typed_code_withdraws_the_push_before_it_is_checked() {
+        let mut pam = ScriptedPam::alice(&["123 456"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            ("push_cancel", Ok(Response::Done)),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(*daemon.codes.borrow(), ["123 456"]);
+    }
+
+    #[test]
+    fn push_unavailable_falls_back_to_the_code() {
+        // At the start: the relay would not take it.
+        let mut pam = ScriptedPam::alice(&["123456"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            (
+                "push_start",
+                Ok(Response::error(
+                    ErrorKind::PushFailed,
+                    "the push relay did not take the request",
+                )),
+            ),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(pam.prompts, ["SmartSign code for alice: "]);
+        assert!(
+            pam.errors[0].contains("push is unavailable"),
+            "{:?}",
+            pam.errors
+        );
+
+        // While waiting: the relay went away.
+        let mut pam = ScriptedPam::alice(&["", "123456"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            (
+                "push_wait",
+                Ok(Response::error(
+                    ErrorKind::PushFailed,
+                    "the push relay has been unreachable for 10 s",
+                )),
+            ),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(pam.prompts.len(), 2);
+        assert_eq!(pam.prompts[1], "SmartSign code for alice: ");
+    }
+
+    #[test]
+    fn autopush_waits_at_once_and_shows_the_number_first() {
+        let mut pam = ScriptedPam::alice(&[]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(true)),
+            ("push_start", sent()),
+            (
+                "push_wait",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert!(pam.prompts.is_empty());
+        assert_eq!(pam.infos, ["SmartSign: tap 47 on your phone to log in."]);
+    }
+
+    #[test]
+    fn a_failed_conversation_withdraws_the_push() {
+        let mut pam = ScriptedPam::alice(&[]);
+        pam.answers.push_back(Err(Outcome::ConvErr));
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            ("push_cancel", Ok(Response::Done)),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::ConvErr);
     }
 }

@@ -90,8 +90,12 @@ impl Client {
     }
 
     pub fn call(&self, request: Request) -> Result<Response, ClientError> {
-        let deadline = Instant::now() + self.timeout;
-        let mut stream = connect(&self.path, self.timeout)?;
+        self.open()?.call(request, self.timeout)
+    }
+
+    /// A connection for several requests in turn (a push and its answer).
+    pub fn open(&self) -> Result<Session, ClientError> {
+        let stream = connect(&self.path, self.timeout)?;
 
         // A socket path that a user could bind (a misconfigured socket=)
         // must not get a code or decide a login: check who answers first.
@@ -102,13 +106,31 @@ impl Client {
                 uid,
             });
         }
+        Ok(Session { stream })
+    }
 
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// One connection to smartsignd, checked to be served by a trusted uid.
+/// Dropping it closes the connection, which withdraws a push held on it.
+#[derive(Debug)]
+pub struct Session {
+    stream: UnixStream,
+}
+
+impl Session {
+    /// One request and its answer, both within `timeout`.
+    pub fn call(&mut self, request: Request, timeout: Duration) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + timeout;
         let frame = RequestFrame {
             v: PROTOCOL_VERSION,
             request,
         };
-        write_frame(&mut stream, &frame, deadline).map_err(frame_error)?;
-        let answer: ResponseFrame = read_frame(&mut stream, deadline).map_err(frame_error)?;
+        write_frame(&mut self.stream, &frame, deadline).map_err(frame_error)?;
+        let answer: ResponseFrame = read_frame(&mut self.stream, deadline).map_err(frame_error)?;
         Ok(answer.response)
     }
 }

@@ -1,6 +1,7 @@
 //! The wire protocol spoken on smartsignd's Unix socket.
 //!
-//! Every call is one request frame and one response frame: a 4-byte
+//! Every call is one request frame and one response frame (a push keeps
+//! its connection for a second call): a 4-byte
 //! big-endian length, then that many bytes of JSON, at most [`MAX_FRAME`].
 //! The JSON carries the protocol version in `v`. This crate is linked into
 //! the PAM module, so it depends on serde, serde_json, libc and zeroize alone.
@@ -10,7 +11,7 @@ mod frame;
 mod message;
 mod secret;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Session};
 pub use frame::{FrameError, MAX_FRAME, read_frame, write_frame};
 pub use message::{
     AccountStatus, DenyReason, ErrorKind, LoginContext, NewPhone, PROTOCOL_VERSION, PhoneInfo,

@@ -40,6 +40,23 @@ pub enum Request {
         login: LoginContext,
         code: Secret,
     },
+    /// Sends an approval request to the account's phones. The request lives
+    /// as long as this connection: `PushWait` or `PushCancel` follow on it,
+    /// and a connection that closes first withdraws the request.
+    PushStart {
+        login: LoginContext,
+    },
+    /// The user pressed Enter: wait for the phone's answer, within the
+    /// request's time. Only after `PushStart`, on the same connection.
+    PushWait,
+    /// The user answered otherwise (a code, an email): withdraw the request.
+    /// Only after `PushStart`, on the same connection.
+    PushCancel,
+    /// Sends a test notification to one of the account's phones.
+    PhoneTest {
+        user: Option<String>,
+        name: String,
+    },
     Status {
         user: Option<String>,
     },
@@ -124,12 +141,15 @@ impl Request {
             Request::Begin { login }
             | Request::SkipNow { login }
             | Request::SendEmailCode { login }
-            | Request::VerifyCode { login, .. } => Some(&login.user),
+            | Request::VerifyCode { login, .. }
+            | Request::PushStart { login } => Some(&login.user),
+            Request::PushWait | Request::PushCancel => None,
             Request::Status { user }
             | Request::PhoneAdd { user, .. }
             | Request::PhoneConfirm { user, .. }
             | Request::PhoneList { user }
             | Request::PhoneRemove { user, .. }
+            | Request::PhoneTest { user, .. }
             | Request::EmailSet { user, .. }
             | Request::EmailConfirm { user, .. }
             | Request::EmailRemove { user, .. }
@@ -149,6 +169,10 @@ impl Request {
             Request::SkipNow { .. } => "skip_now",
             Request::SendEmailCode { .. } => "send_email_code",
             Request::VerifyCode { .. } => "verify_code",
+            Request::PushStart { .. } => "push_start",
+            Request::PushWait => "push_wait",
+            Request::PushCancel => "push_cancel",
+            Request::PhoneTest { .. } => "phone_test",
             Request::Status { .. } => "status",
             Request::PhoneAdd { .. } => "phone_add",
             Request::PhoneConfirm { .. } => "phone_confirm",
@@ -178,13 +202,17 @@ impl std::fmt::Display for Request {
             Request::Begin { login }
             | Request::SkipNow { login }
             | Request::SendEmailCode { login }
-            | Request::VerifyCode { login, .. } => {
+            | Request::VerifyCode { login, .. }
+            | Request::PushStart { login } => {
                 write!(f, " service={:?}", login.service)?;
             }
             Request::PhoneAdd { name, .. }
             | Request::PhoneConfirm { name, .. }
-            | Request::PhoneRemove { name, .. } => write!(f, " phone={name:?}")?,
-            Request::Status { .. }
+            | Request::PhoneRemove { name, .. }
+            | Request::PhoneTest { name, .. } => write!(f, " phone={name:?}")?,
+            Request::PushWait
+            | Request::PushCancel
+            | Request::Status { .. }
             | Request::PhoneList { .. }
             | Request::EmailSet { .. }
             | Request::EmailConfirm { .. }
@@ -213,6 +241,12 @@ pub enum DenyReason {
     NotEnrolled,
     /// The user asked to skip after the deadline.
     SkipOver,
+    /// A decoy number was tapped on the phone.
+    WrongNumber,
+    /// The phone gave no answer within the push's time.
+    NoAnswer,
+    /// The push request was withdrawn or ended before its answer came.
+    PushEnded,
 }
 
 impl DenyReason {
@@ -224,6 +258,9 @@ impl DenyReason {
             DenyReason::MalformedCode => "that is not a code",
             DenyReason::ExpiredCode => "that emailed code has expired",
             DenyReason::SkipOver => "skipping SmartSign is no longer allowed",
+            DenyReason::WrongNumber => "the wrong number was tapped on the phone",
+            DenyReason::NoAnswer => "no answer from the phone in time",
+            DenyReason::PushEnded => "the push request has ended",
             DenyReason::NotEnrolled => {
                 "no phone is enrolled for this account, and this host requires one; \
                  ask your administrator"
@@ -246,8 +283,11 @@ pub enum ErrorKind {
     /// No mail could be sent (no address, no [email] settings, the server
     /// refused or did not answer).
     MailFailed,
-    /// Too many mails in the last hour.
+    /// Too many mails in the last hour, or too many pushes.
     TooMany,
+    /// No push could be sent (not set up, or the relay refused or did not
+    /// answer).
+    PushFailed,
     /// The request itself is unusable: bad name, bad field, bad frame.
     BadRequest,
     UnsupportedVersion,
@@ -295,6 +335,10 @@ pub struct NewPhone {
     pub name: String,
     pub secret: Secret,
     pub otpauth_uri: Secret,
+    /// The ntfy subscription (server URL and topic) for push, when the
+    /// daemon has `[push]`. Whoever reads it can approve logins.
+    #[serde(default)]
+    pub push_url: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +353,19 @@ pub enum Response {
         /// Set while the policy lets the user skip SmartSign: until when.
         #[serde(default)]
         skip_until: Option<String>,
+        /// The phones can be asked to approve the login (`PushStart`).
+        #[serde(default)]
+        push: bool,
+        /// Push without asking first (a greeter's service, for example).
+        #[serde(default)]
+        autopush: bool,
+    },
+    /// The approval request went out: the login shows `number`, which the
+    /// phone must tap; the request ends at `expires` (Unix seconds).
+    PushSent {
+        number: u8,
+        phones: Vec<String>,
+        expires: u64,
     },
     /// A code is on its way to the (masked) address; good until `expires`.
     EmailSent {
@@ -413,6 +470,7 @@ mod tests {
             name: "Pixel".into(),
             secret: "JBSWY3DPEHPK3PXP".into(),
             otpauth_uri: "otpauth://totp/x?secret=JBSWY3DPEHPK3PXP".into(),
+            push_url: Some("https://ntfy.sh/smartsign-0123".into()),
         });
         assert!(!format!("{created:?}").contains("JBSWY3DPEHPK3PXP"));
     }

@@ -19,6 +19,8 @@ pub enum Method {
     BackupCode,
     /// Enrollment and other account changes through the smartsign command.
     Manage,
+    /// Approval on the phone through the push relay.
+    Push,
 }
 
 impl Method {
@@ -29,6 +31,7 @@ impl Method {
             Method::EmailCode => "email-code",
             Method::BackupCode => "backup-code",
             Method::Manage => "manage",
+            Method::Push => "push",
         }
     }
 }
@@ -43,6 +46,11 @@ pub enum Outcome {
     Refused,
     /// An account change was made.
     Done,
+    /// A push went out and waits for the phone.
+    Pending,
+    /// A push ended without deciding the login (a code typed instead, the
+    /// login abandoned).
+    Withdrawn,
 }
 
 impl Outcome {
@@ -53,6 +61,8 @@ impl Outcome {
             Outcome::Ignore => "ignore",
             Outcome::Refused => "refused",
             Outcome::Done => "done",
+            Outcome::Pending => "pending",
+            Outcome::Withdrawn => "withdrawn",
         }
     }
 }

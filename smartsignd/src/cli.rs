@@ -14,7 +14,7 @@ use crate::config::DEFAULT_CONFIG;
 /// Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 smartsignd not
 /// reachable, 4 refused, 5 not found, 6 wrong code, 7 already exists,
 /// 8 a code from an enrolled phone is needed (--code), 9 no mail could be
-/// sent, 10 too many mails this hour.
+/// sent, 10 too many mails or pushes this hour, 11 no push could be sent.
 #[derive(Parser)]
 #[command(name = "smartsign", version)]
 pub struct UserCli {
@@ -115,6 +115,9 @@ pub enum PhoneCommand {
         /// The code, or `-` to read it from standard input (kept out of `ps`).
         code: String,
     },
+    /// Send a test push notification to a phone, to check that it follows
+    /// its ntfy topic.
+    Test { name: String },
     /// Enrolled and pending phones.
     List {
         /// Print as JSON.

@@ -25,6 +25,106 @@ pub struct Config {
     /// Emergency codes by email; off when the table is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailConfig>,
+    /// Approval on the phone through an ntfy relay; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The ntfy server: `https://ntfy.sh` or a self-hosted one. Plain
+    /// `http://` only for a relay on this host.
+    #[serde(deserialize_with = "relay_url")]
+    pub server: String,
+    /// A file holding an ntfy access token (`tk_...`), readable by
+    /// smartsignd alone; sent as a bearer token on publish and subscribe.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_absolute_path"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// The topic the phones' answers come back on. Taps carry no
+    /// credentials, so everybody must be able to write to it. Made at
+    /// random and kept in the store when not given.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_topic"
+    )]
+    pub response_topic: Option<String>,
+    /// How long a login waits for the tap.
+    #[serde(default = "default_push_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// PAM services that push without asking first and wait for the tap,
+    /// such as greeters that show one prompt at a time.
+    #[serde(default)]
+    pub autopush: Vec<String>,
+    /// Pushes per account per hour, against push fatigue.
+    #[serde(
+        default = "default_pushes_per_hour",
+        deserialize_with = "pushes_per_hour"
+    )]
+    pub max_per_hour: u32,
+}
+
+fn default_push_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_pushes_per_hour() -> u32 {
+    10
+}
+
+fn pushes_per_hour<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
+    ranged(de, 1, 100, "max_per_hour is from 1 to 100")
+}
+
+/// An http(s) URL with a host and nothing after the path; kept without a
+/// trailing slash.
+fn relay_url<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let text = String::deserialize(de)?;
+    check_relay_url(&text).map_err(serde::de::Error::custom)
+}
+
+pub fn check_relay_url(text: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("{text:?} is not a relay URL such as \"https://ntfy.sh\": {why}");
+    let uri: ureq::http::Uri = text.parse().map_err(|err| bad(&format!("{err}")))?;
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    if uri.query().is_some() || text.contains('#') || text.contains('@') {
+        return Err(bad("no user, query or fragment"));
+    }
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let local = bare == "localhost"
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !local {
+                return Err(bad("plain http only for a relay on this host; use https"));
+            }
+        }
+        _ => return Err(bad("the scheme is https (or http on this host)")),
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+fn some_topic<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(de)?;
+    let ok = (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(Some(text))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{text:?} is not an ntfy topic: 1 to 64 letters, digits, - and _"
+        )))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +257,7 @@ impl Default for Config {
             lockout: LockoutConfig::default(),
             policy: PolicyConfig::default(),
             email: None,
+            push: None,
         }
     }
 }
@@ -336,6 +437,17 @@ impl Config {
             key: Some(key.to_owned()),
             message,
         };
+        if let Some(push) = &self.push {
+            if push.timeout > Duration::from_secs(300) {
+                return Err(error("timeout", "a push waits at most 5 minutes".into()));
+            }
+            if let Some(bad) = push.autopush.iter().find(|s| s.is_empty() || s.len() > 64) {
+                return Err(error(
+                    "autopush",
+                    format!("{bad:?} is not a PAM service name"),
+                ));
+            }
+        }
         let Some(email) = &self.email else {
             return Ok(());
         };
@@ -589,13 +701,58 @@ mod tests {
             ("[totp]\nskew = \"one\"\n", 2, "skew", "invalid type"),
             ("state_dir = \"relative\"\n", 1, "state_dir", "absolute"),
             ("[lockout]\nwindow = \"0s\"\n", 2, "window", "out of range"),
-            ("[push]\nserver = \"x\"\n", 1, "push", "unknown field"),
+            ("[push]\nserver = \"x\"\n", 2, "server", "not a relay URL"),
+            (
+                "[push]\nserver = \"http://ntfy.example.org\"\n",
+                2,
+                "server",
+                "only for a relay on this host",
+            ),
+            (
+                "[push]\nserver = \"https://ntfy.sh/?x=1\"\n",
+                2,
+                "server",
+                "no user, query",
+            ),
+            (
+                "[push]\nserver = \"https://ntfy.sh\"\ntimeout = \"10m\"\n",
+                3,
+                "timeout",
+                "at most 5 minutes",
+            ),
+            (
+                "[push]\nserver = \"https://ntfy.sh\"\nresponse_topic = \"a/b\"\n",
+                3,
+                "response_topic",
+                "not an ntfy topic",
+            ),
+            ("[pusj]\nserver = \"x\"\n", 1, "pusj", "unknown field"),
         ];
         for (text, line, key, words) in cases {
             let err = parse(text).unwrap_err();
             assert_eq!(err.line, Some(line), "{text:?}: {err}");
             assert_eq!(err.key.as_deref(), Some(key), "{text:?}: {err}");
             assert!(err.to_string().contains(words), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn push_settings_and_their_defaults() {
+        let push = parse("[push]\nserver = \"https://ntfy.sh/\"\n")
+            .unwrap()
+            .push
+            .unwrap();
+        assert_eq!(push.server, "https://ntfy.sh");
+        assert_eq!(push.timeout, Duration::from_secs(60));
+        assert_eq!(push.max_per_hour, 10);
+        assert!(push.autopush.is_empty() && push.token_file.is_none());
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:80",
+            "http://localhost",
+        ] {
+            let text = format!("[push]\nserver = \"{local}\"\n");
+            assert!(parse(&text).is_ok(), "{local}");
         }
     }
 

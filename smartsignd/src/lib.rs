@@ -20,6 +20,7 @@ pub mod config;
 pub mod mail;
 pub mod names;
 pub mod policy;
+pub mod push;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use smartsign_proto::{
-    ErrorKind, FrameError, MAX_FRAME, PROTOCOL_VERSION, RequestFrame, Response, ResponseFrame,
-    read_frame, write_frame,
+    ErrorKind, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, RequestFrame, Response,
+    ResponseFrame, read_frame, write_frame,
 };
 
 use crate::audit::{clip, sanitize};
-use crate::service::Service;
+use crate::service::{Link, Next, Service};
 
 /// Connections served at once from uids other than root; more are answered
 /// "busy" and closed.
@@ -299,6 +299,13 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
             crate::say!("uid {uid} left before its request was handled; dropped");
             return;
         }
+        Ok(frame) if matches!(frame.request, Request::PushStart { .. }) => {
+            let mut link = Stream(stream);
+            run_guarded(uid, &frame.request.to_string(), || {
+                service.push_session(uid, frame.request, &mut link);
+            });
+            return;
+        }
         Ok(frame) => {
             let request = frame.request;
             let summary = request.to_string();
@@ -336,6 +343,54 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
     };
     if let Err(err) = write_frame(&mut stream, &frame, deadline) {
         crate::say!("answering uid {uid}: {err}");
+    }
+}
+
+/// A panic in one request ends that request's thread alone, with a line
+/// in the log.
+fn run_guarded(uid: u32, summary: &str, work: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+        let summary = sanitize(summary);
+        crate::say!("internal error handling {summary} from uid {uid}");
+    }
+}
+
+/// A push's connection, as the push sees it.
+struct Stream(UnixStream);
+
+impl Link for Stream {
+    fn next(&mut self) -> Next {
+        use std::os::fd::AsRawFd;
+
+        let mut fds = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+
+        // SAFETY: one valid pollfd for a descriptor this stream owns; no waiting.
+        let ready = unsafe { libc::poll(&raw mut fds, 1, 0) };
+
+        if ready != 1 {
+            return Next::Quiet;
+        }
+        if fds.revents & libc::POLLIN == 0 {
+            return Next::Gone;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        match read_frame::<RequestFrame>(&mut self.0, deadline) {
+            Ok(frame) => Next::Request(frame.request),
+            Err(_) => Next::Gone,
+        }
+    }
+
+    fn send(&mut self, response: Response) -> bool {
+        let frame = ResponseFrame {
+            v: PROTOCOL_VERSION,
+            response,
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        write_frame(&mut self.0, &frame, deadline).is_ok()
     }
 }
 

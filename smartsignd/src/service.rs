@@ -77,6 +77,8 @@ pub struct Service {
     pub hostname: String,
     /// Sends emergency codes; `None` without an `[email]` table.
     pub mailer: Option<Arc<dyn MailSink>>,
+    /// Approval on the phone; `None` without a `[push]` table.
+    pub push: Option<PushSetup>,
     /// Requests on one account run one at a time (striped by name).
     accounts_busy: [Mutex<()>; ACCOUNT_STRIPES],
     stripe_keys: std::collections::hash_map::RandomState,
@@ -149,9 +151,16 @@ impl Service {
             clock,
             hostname,
             mailer,
+            push: None,
             accounts_busy: std::array::from_fn(|_| Mutex::new(())),
             stripe_keys: std::collections::hash_map::RandomState::new(),
         }
+    }
+
+    /// Turns push on.
+    pub fn with_push(mut self, push: PushSetup) -> Service {
+        self.push = Some(push);
+        self
     }
 
     pub fn handle(&self, peer_uid: u32, request: Request) -> Response {
@@ -172,7 +181,8 @@ impl Service {
             Request::Begin { login }
             | Request::SkipNow { login }
             | Request::SendEmailCode { login }
-            | Request::VerifyCode { login, .. } => Some(login.clone()),
+            | Request::VerifyCode { login, .. }
+            | Request::PushStart { login } => Some(login.clone()),
             _ => None,
         };
         let op = request.op();
@@ -183,11 +193,35 @@ impl Service {
                 Err(refusal),
             ),
         };
-        let refusal = match result {
-            Ok(response) => return response,
-            Err(refusal) => refusal,
-        };
+        match result {
+            Ok(response) => response,
+            Err(refusal) => self.answer_refusal(peer_uid, user, login, op, refusal),
+        }
+    }
 
+    /// A request refused before it reached the account (see `authorize`).
+    fn refused(&self, peer_uid: u32, request: &Request, refusal: Refusal) -> Response {
+        let login = match request {
+            Request::Begin { login }
+            | Request::SkipNow { login }
+            | Request::SendEmailCode { login }
+            | Request::VerifyCode { login, .. }
+            | Request::PushStart { login } => Some(login.clone()),
+            _ => None,
+        };
+        let user = request.target_user().unwrap_or("-").to_owned();
+        self.answer_refusal(peer_uid, user, login, request.op(), refusal)
+    }
+
+    /// The error answer for a refusal, audited when it asks to be.
+    fn answer_refusal(
+        &self,
+        peer_uid: u32,
+        user: String,
+        login: Option<LoginContext>,
+        op: &str,
+        refusal: Refusal,
+    ) -> Response {
         if let Some((result, reason)) = refusal.audit {
             let method = if login.is_some() {
                 Method::AppCode
@@ -302,6 +336,16 @@ impl Service {
             Request::Reset { .. } => self.reset(peer_uid, &user),
             Request::Explain { .. } => self.explain(&user),
             Request::Unlock { .. } => self.unlock(peer_uid, &user),
+            Request::PhoneTest { name, .. } => {
+                drop(_one_at_a_time);
+                self.phone_test(peer_uid, &user, &name)
+            }
+            Request::PushStart { .. } | Request::PushWait | Request::PushCancel => {
+                Err(Refusal::quiet(
+                    ErrorKind::BadRequest,
+                    "push requests are served on a connection of their own",
+                ))
+            }
         }
     }
 
@@ -329,11 +373,13 @@ impl Service {
                 | Request::SkipNow { .. }
                 | Request::SendEmailCode { .. }
                 | Request::VerifyCode { .. }
+                | Request::PushStart { .. }
         );
         if let Request::Begin { login }
         | Request::SkipNow { login }
         | Request::SendEmailCode { login }
-        | Request::VerifyCode { login, .. } = request
+        | Request::VerifyCode { login, .. }
+        | Request::PushStart { login } = request
         {
             check_login_fields(login)?;
         }
@@ -477,12 +523,17 @@ impl Service {
     ) -> Result<Response, Refusal> {
         match self.phones_to_ask(peer_uid, login, Method::None, Apply::Policy { gids })? {
             Ok(phones) => Ok(Response::Challenge {
-                phones: phones.into_iter().map(|p| p.name).collect(),
+                phones: phones.iter().map(|p| p.name.clone()).collect(),
                 email: self.email_offer(&login.user)?,
                 skip_until: self
                     .policy
                     .skip_allowed((self.clock)() as i64)
                     .map(str::to_owned),
+                push: self.push.is_some() && phones.iter().any(|p| p.push_topic.is_some()),
+                autopush: self
+                    .push
+                    .as_ref()
+                    .is_some_and(|setup| setup.config.autopush.contains(&login.service)),
             }),
             Err(answer) => Ok(answer),
         }
@@ -810,5 +861,8 @@ fn check_login_fields(login: &LoginContext) -> Result<(), Refusal> {
 
 mod account;
 mod email;
+mod push;
+
+pub use push::{Link, Next, PushSetup};
 #[cfg(test)]
 mod tests;

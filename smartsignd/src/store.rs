@@ -24,6 +24,9 @@ pub struct PhoneRecord {
     /// The newest TOTP step accepted from this phone; older steps are refused.
     pub last_step: u64,
     pub last_used: Option<u64>,
+    /// The ntfy topic its push notifications go to; phones enrolled before
+    /// push existed have none.
+    pub push_topic: Option<String>,
 }
 
 #[derive(Debug)]
@@ -86,6 +89,10 @@ pub trait Store: Send + Sync {
     /// Confirms a pending phone, claiming the step of the code that confirmed
     /// it; only while its secret is still the one the code was checked against.
     fn confirm_phone(&self, id: i64, secret: &str, step: u64) -> StoreResult<bool>;
+    /// Gives a pending phone its push topic.
+    fn set_push_topic(&self, user: &str, name: &str, topic: &str) -> StoreResult<()>;
+    /// A value kept under `key`, or `value` kept there now if none was.
+    fn meta_or_insert(&self, key: &str, value: &str) -> StoreResult<String>;
     /// Writes everything out to the main file, before the daemon stops.
     fn flush(&self) -> StoreResult<()>;
     fn remove_phone(&self, user: &str, name: &str) -> StoreResult<bool>;
@@ -177,6 +184,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX backup_codes_by_user ON backup_codes (user);
     CREATE TABLE disabled (user TEXT PRIMARY KEY, since INTEGER NOT NULL, by_root INTEGER NOT NULL);",
+    // 4: each phone's push topic.
+    "ALTER TABLE phones ADD COLUMN push_topic TEXT;",
 ];
 
 /// What an emailed code is for.
@@ -359,7 +368,7 @@ impl Store for SqliteStore {
     fn phones(&self, user: &str) -> StoreResult<Vec<PhoneRecord>> {
         let db = self.lock()?;
         let mut query = db.prepare_cached(
-            "SELECT id, name, secret, confirmed, created, last_step, last_used
+            "SELECT id, name, secret, confirmed, created, last_step, last_used, push_topic
              FROM phones WHERE user = ?1 ORDER BY id",
         )?;
         let rows = query.query_map([user], |row| {
@@ -371,6 +380,7 @@ impl Store for SqliteStore {
                 created: row.get::<_, i64>(4)? as u64,
                 last_step: row.get::<_, i64>(5)? as u64,
                 last_used: row.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+                push_topic: row.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -390,6 +400,28 @@ impl Store for SqliteStore {
         } else {
             Ok(())
         }
+    }
+
+    fn set_push_topic(&self, user: &str, name: &str, topic: &str) -> StoreResult<()> {
+        let db = self.lock()?;
+        db.execute(
+            "UPDATE phones SET push_topic = ?3 WHERE user = ?1 AND name = ?2 AND confirmed = 0",
+            params![user, name, topic],
+        )?;
+        Ok(())
+    }
+
+    fn meta_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
+        let db = self.lock()?;
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![key, value],
+        )?;
+        Ok(
+            db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })?,
+        )
     }
 
     fn confirm_phone(&self, id: i64, secret: &str, step: u64) -> StoreResult<bool> {

@@ -26,6 +26,7 @@ enum Exit {
     CodeRequired = 8,
     MailFailed = 9,
     TooMany = 10,
+    PushFailed = 11,
 }
 
 impl From<ErrorKind> for Exit {
@@ -38,9 +39,34 @@ impl From<ErrorKind> for Exit {
             ErrorKind::CodeRequired => Exit::CodeRequired,
             ErrorKind::MailFailed => Exit::MailFailed,
             ErrorKind::TooMany => Exit::TooMany,
+            ErrorKind::PushFailed => Exit::PushFailed,
             ErrorKind::BadRequest => Exit::Usage,
             ErrorKind::UnsupportedVersion | ErrorKind::Internal => Exit::Failed,
         }
+    }
+}
+
+/// How to have logins approved on the phone: subscribe the ntfy app.
+fn show_push_setup(name: &str, url: &str) {
+    println!("\nTo approve logins with a tap, install the ntfy app on {name:?} (Google Play,");
+    println!("App Store or F-Droid), tap +, and subscribe to this topic (or scan this):\n");
+    print_qr(url);
+    println!("\n  {url}\n");
+    println!("Keep it to yourself: whoever follows this topic can approve your logins.");
+    println!("Check it with: smartsign phone test {name:?}");
+}
+
+fn print_qr(text: &str) {
+    match QrCode::new(text.as_bytes()) {
+        // Light modules drawn as blocks: the code reads right on a dark terminal.
+        Ok(code) => println!(
+            "{}",
+            code.render::<Dense1x2>()
+                .dark_color(Dense1x2::Light)
+                .light_color(Dense1x2::Dark)
+                .build()
+        ),
+        Err(err) => println!("(no QR code: {err})"),
     }
 }
 
@@ -81,6 +107,7 @@ fn main() -> ExitCode {
             code_arg(code).and_then(|code| app.confirm(name, code))
         }
         Command::Phone(PhoneCommand::List { json }) => app.list(json),
+        Command::Phone(PhoneCommand::Test { name }) => app.test(name),
         Command::Phone(PhoneCommand::Remove { name, code }) => code
             .map(code_arg)
             .transpose()
@@ -196,17 +223,7 @@ impl App {
         let uri = phone.otpauth_uri.expose();
         println!("Scan this QR code with your authenticator app (Aegis, FreeOTP, Google");
         println!("Authenticator, 1Password, ...):\n");
-        match QrCode::new(uri.as_bytes()) {
-            // Light modules drawn as blocks: the code reads right on a dark terminal.
-            Ok(code) => println!(
-                "{}",
-                code.render::<Dense1x2>()
-                    .dark_color(Dense1x2::Light)
-                    .light_color(Dense1x2::Dark)
-                    .build()
-            ),
-            Err(err) => println!("(no QR code: {err})"),
-        }
+        print_qr(uri);
         println!(
             "\nOr type this secret into the app: {}",
             grouped(phone.secret.expose())
@@ -218,7 +235,12 @@ impl App {
                 break;
             };
             match self.confirm(phone.name.clone(), code) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Some(url) = &phone.push_url {
+                        show_push_setup(&phone.name, url.expose());
+                    }
+                    return Ok(());
+                }
                 Err(Failure(Exit::WrongCode, message)) => println!("{message}; try again."),
                 Err(other) => return Err(other),
             }
@@ -230,6 +252,22 @@ impl App {
                 phone.name, phone.name
             ),
         ))
+    }
+
+    fn test(&self, name: String) -> Outcome {
+        let request = Request::PhoneTest {
+            user: self.user.clone(),
+            name: name.clone(),
+        };
+        match self.call(request)? {
+            Response::Done => {
+                println!(
+                    "The relay took a test notification for {name:?}; it should show on the phone now."
+                );
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
     }
 
     fn confirm(&self, name: String, code: Secret) -> Outcome {

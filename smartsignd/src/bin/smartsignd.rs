@@ -7,11 +7,12 @@ use std::sync::Arc;
 use clap::Parser;
 use smartsignd::audit::Syslog;
 use smartsignd::cli::DaemonCli as Cli;
-use smartsignd::config::Config;
-use smartsignd::mail::{MailSink, Mailer};
+use smartsignd::config::{Config, PushConfig};
+use smartsignd::mail::{MailSink, Mailer, read_secret_file};
+use smartsignd::push::{Pushes, Relay, new_topic};
 use smartsignd::server;
-use smartsignd::service::{Nss, Service, system_clock};
-use smartsignd::store::SqliteStore;
+use smartsignd::service::{Nss, PushSetup, Service, system_clock};
+use smartsignd::store::{SqliteStore, Store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,6 +30,13 @@ fn main() -> ExitCode {
             && let Err(err) = Mailer::new(settings)
         {
             eprintln!("smartsignd: [email]: {err}");
+            return ExitCode::from(2);
+        }
+        if let Some(settings) = &config.push
+            && let Some(path) = &settings.token_file
+            && let Err(err) = read_secret_file(path)
+        {
+            eprintln!("smartsignd: [push] token_file: {err}");
             return ExitCode::from(2);
         }
         println!(
@@ -72,6 +80,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let push = match &config.push {
+        Some(settings) => match push_setup(settings, &store) {
+            Ok(setup) => Some(setup),
+            Err(err) => {
+                smartsignd::say!("[push]: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let listener = match server::bind(&config.socket) {
         Ok(listener) => listener,
         Err(err) => {
@@ -99,11 +117,30 @@ fn main() -> ExitCode {
         hostname,
         mailer,
     );
+    let service = match push {
+        Some(push) => service.with_push(push),
+        None => service,
+    };
     let socket = service.config.socket.clone();
     let service = Arc::new(service);
     if let Err(err) = handle_signals(socket, Arc::clone(&service)) {
         smartsignd::say!("cannot set up signal handling: {err}");
         return ExitCode::FAILURE;
+    }
+    if let Some(push) = &service.push {
+        smartsignd::say!(
+            "push through {}; answers come back on topic {}",
+            push.config.server,
+            push.relay.response_topic()
+        );
+        let follower = Arc::clone(&service);
+        let spawned = std::thread::Builder::new()
+            .name("push-answers".into())
+            .spawn(move || follower.follow_answers());
+        if let Err(err) = spawned {
+            smartsignd::say!("cannot start the push thread: {err}");
+            return ExitCode::FAILURE;
+        }
     }
     // Under systemd (Type=notify): ready once the socket is listening.
     if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -112,6 +149,29 @@ fn main() -> ExitCode {
     let err = server::serve(listener, service);
     smartsignd::say!("stopped: {err}");
     ExitCode::FAILURE
+}
+
+/// The relay with its token, and the response topic: the configured one,
+/// or one made at random once and kept in the store.
+fn push_setup(settings: &PushConfig, store: &SqliteStore) -> Result<PushSetup, String> {
+    let token = match &settings.token_file {
+        Some(path) => Some(read_secret_file(path).map_err(|err| err.to_string())?),
+        None => None,
+    };
+    let topic = match &settings.response_topic {
+        Some(topic) => topic.clone(),
+        None => {
+            let fresh = new_topic("smartsign-answers-").map_err(|err| err.to_string())?;
+            store
+                .meta_or_insert("push_response_topic", &fresh)
+                .map_err(|err| err.to_string())?
+        }
+    };
+    Ok(PushSetup {
+        relay: Relay::new(&settings.server, topic, token),
+        pushes: Pushes::default(),
+        config: settings.clone(),
+    })
 }
 
 /// SIGTERM and SIGINT stop the daemon cleanly (store written out to its

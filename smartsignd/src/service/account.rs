@@ -83,6 +83,8 @@ impl Service {
             }
             Err(err) => return Err(err.into()),
         }
+        let (topic, push_url) = self.new_push_topic()?;
+        self.store.set_push_topic(user, name, &topic)?;
         self.audit_manage(
             peer_uid,
             user,
@@ -93,6 +95,7 @@ impl Service {
             name: name.to_owned(),
             secret: Secret::new(secret.to_string()),
             otpauth_uri: Secret::new(uri.to_string()),
+            push_url: push_url.map(Secret::new),
         }))
     }
 

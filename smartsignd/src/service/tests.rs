@@ -292,7 +292,9 @@ fn right_code_once_then_replay_refused() {
         Response::Challenge {
             phones: vec!["Pixel 8".into()],
             email: None,
-            skip_until: None
+            skip_until: None,
+            push: false,
+            autopush: false,
         }
     );
     let code = code_at(&secret, f.time());
@@ -943,7 +945,9 @@ fn every_name_of_an_account_meets_the_same_second_factor() {
             Response::Challenge {
                 phones: vec!["Pixel".into()],
                 email: None,
-                skip_until: None
+                skip_until: None,
+                push: false,
+                autopush: false,
             },
             "{name}"
         );
@@ -1111,7 +1115,9 @@ fn an_emailed_code_logs_in_once() {
         Response::Challenge {
             phones: vec!["Pixel".into()],
             email: Some("a****@example.org".into()),
-            skip_until: None
+            skip_until: None,
+            push: false,
+            autopush: false,
         }
     );
     assert_eq!(
@@ -1616,7 +1622,9 @@ fn the_policy_decides_before_any_code_is_asked() {
         Response::Challenge {
             phones: vec!["Pixel".into()],
             email: None,
-            skip_until: None
+            skip_until: None,
+            push: false,
+            autopush: false,
         }
     );
     assert_eq!(
@@ -1648,7 +1656,9 @@ fn enrolled_users_may_skip_until_the_deadline_only() {
         Response::Challenge {
             phones: vec!["Pixel".into()],
             email: None,
-            skip_until: Some("1 April 2027".into())
+            skip_until: Some("1 April 2027".into()),
+            push: false,
+            autopush: false,
         }
     );
     assert_eq!(
@@ -1675,7 +1685,9 @@ fn enrolled_users_may_skip_until_the_deadline_only() {
         Response::Challenge {
             phones: vec!["Pixel".into()],
             email: None,
-            skip_until: None
+            skip_until: None,
+            push: false,
+            autopush: false,
         }
     );
     assert_eq!(

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod ntfy;
+
 use std::fs;
 use std::io::Write;
 use std::net::TcpStream;
@@ -253,6 +255,12 @@ impl Daemon {
     /// returns its secret. The confirming code is the previous step's, so
     /// the current code is still unused.
     pub fn enroll(&self, user: &str, phone: &str) -> String {
+        self.enroll_push(user, phone).0
+    }
+
+    /// Like [`Daemon::enroll`]; also returns the phone's push subscription
+    /// URL (empty without `[push]`).
+    pub fn enroll_push(&self, user: &str, phone: &str) -> (String, String) {
         let out = self.cli(&["--user", user, "phone", "add", phone, "--json"]);
         assert!(
             out.status.success(),
@@ -267,6 +275,7 @@ impl Daemon {
                 .unwrap()
                 .starts_with("otpauth://totp/SmartSign:")
         );
+        let push_url = json["push_url"].as_str().unwrap_or_default().to_owned();
         let code = oathtool(&secret, "30 seconds ago");
         let out = self.cli(&["--user", user, "phone", "confirm", phone, &code]);
         assert!(
@@ -274,7 +283,7 @@ impl Daemon {
             "phone confirm: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        secret
+        (secret, push_url)
     }
 }
 
@@ -405,7 +414,7 @@ impl Drop for Sshd {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
@@ -452,8 +461,26 @@ pub fn ssh_with(
     code: &str,
     maildir: Option<&Path>,
 ) -> Login {
+    ssh_push(dir, sshd, user, password, first, code, "", maildir)
+}
+
+/// Logs in like [`ssh_with`]; `push` answers the push prompt ("Tap NN on
+/// your phone, then press Enter"): "" is Enter. The prompt lands in
+/// `DIR/askpass/prompts` before the answer is given.
+#[allow(clippy::too_many_arguments)]
+pub fn ssh_push(
+    dir: &TempDir,
+    sshd: &Sshd,
+    user: &str,
+    password: &str,
+    first: &str,
+    code: &str,
+    push: &str,
+    maildir: Option<&Path>,
+) -> Login {
     let answers = dir.join("askpass");
     fs::create_dir_all(&answers).unwrap();
+    fs::write(answers.join("push"), push).unwrap();
     fs::write(answers.join("password"), password).unwrap();
     fs::write(answers.join("first"), first).unwrap();
     fs::write(answers.join("code"), code).unwrap();
@@ -466,6 +493,7 @@ pub fn ssh_with(
         format!(
             "#!/bin/sh\nd={}\nm={maildir}\nprintf '%s\\n' \"$1\" >> \"$d/prompts\"\n\
              case \"$1\" in\n\
+               *'on your phone, then press Enter'*) cat \"$d/push\" ;;\n\
                *'or 1 to email'*|*'s to skip SmartSign'*) cat \"$d/first\" ;;\n\
                *'Code from the email'*) f=$(ls -t \"$m\"/new/* | head -n 1)\n\
                  sed -n 's/.*code is: \\([0-9]\\{{8\\}}\\).*/\\1/p' \"$f\" | head -n 1 ;;\n\

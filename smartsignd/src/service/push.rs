@@ -1,0 +1,564 @@
+//! Logins approved on the phone, and the thread that hears the answers.
+//!
+//! A push lives as long as the connection that asked for it: the module
+//! sends `PushStart`, shows the number, then sends `PushWait` (Enter) or
+//! `PushCancel` (a code typed instead) on the same connection. A
+//! connection that closes first (Ctrl-C, a killed sshd child) withdraws it.
+
+use std::time::{Duration, Instant};
+
+use smartsign_proto::{DenyReason, ErrorKind, LoginContext, Request, Response};
+
+use super::{Apply, Refusal, Service, time};
+use crate::audit::{Method, Outcome};
+use crate::config::PushConfig;
+use crate::push::{Answer, Notification, PushError, Pushes, Relay, Tap, new_topic};
+
+/// How often a waiting push looks at its connection.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a push's connection is kept after the push has ended, for
+/// the module to collect the result.
+const LINGER: Duration = Duration::from_secs(120);
+
+/// Everything push needs: the relay, the pushes waiting, the settings.
+pub struct PushSetup {
+    pub relay: Relay,
+    pub pushes: Pushes,
+    pub config: PushConfig,
+}
+
+/// The other end of a push's connection.
+pub enum Next {
+    /// Nothing has come.
+    Quiet,
+    Request(Request),
+    /// The client closed the connection (or sent something unreadable).
+    Gone,
+}
+
+pub trait Link {
+    /// A request, if one has come; does not wait.
+    fn next(&mut self) -> Next;
+    /// `false` when the client can no longer be reached.
+    fn send(&mut self, response: Response) -> bool;
+}
+
+/// How a push ended, once known.
+struct Verdict {
+    response: Response,
+    /// Written when the module collects it (an approval may yet be
+    /// withdrawn by a code typed instead).
+    audit: Option<(Outcome, String, Option<String>)>,
+}
+
+impl Service {
+    /// Serves one push from `PushStart` to its end.
+    pub fn push_session(&self, peer_uid: u32, request: Request, link: &mut dyn Link) {
+        let Request::PushStart { .. } = &request else {
+            link.send(Response::error(
+                ErrorKind::BadRequest,
+                "push_wait and push_cancel follow push_start on its connection",
+            ));
+            return;
+        };
+        let (login, push, opened, expires) = match self.push_start(peer_uid, request) {
+            Ok(Started::Sent {
+                login,
+                id,
+                number,
+                phones,
+                expires,
+            }) => {
+                let unix_expires = (self.clock)() + expires.as_secs();
+                if !link.send(Response::PushSent {
+                    number,
+                    phones,
+                    expires: unix_expires,
+                }) {
+                    if let Some(setup) = &self.push {
+                        setup.pushes.close(id);
+                    }
+                    return;
+                }
+                let Some(setup) = &self.push else { return };
+                (login, setup, id, Instant::now() + expires)
+            }
+            Ok(Started::Answer(response)) => {
+                link.send(response);
+                return;
+            }
+            Err(response) => {
+                link.send(response);
+                return;
+            }
+        };
+        let pushes = &push.pushes;
+        let mut verdict: Option<Verdict> = None;
+        let mut waiting = false;
+        let give_up = expires + LINGER;
+        loop {
+            if verdict.is_none() {
+                verdict = self.push_verdict(peer_uid, &login, pushes, opened);
+                if verdict.is_some() {
+                    pushes.close(opened);
+                }
+            }
+            match link.next() {
+                Next::Quiet => {}
+                Next::Request(Request::PushWait) => waiting = true,
+                Next::Request(Request::PushCancel) => {
+                    pushes.close(opened);
+                    let why = match &verdict {
+                        Some(Verdict { audit: Some(_), .. }) => {
+                            "approved on the phone, but the user answered otherwise"
+                        }
+                        Some(_) => "ended",
+                        None => "withdrawn: the user answered otherwise",
+                    };
+                    if verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
+                        self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, why);
+                    }
+                    link.send(Response::Done);
+                    return;
+                }
+                Next::Request(other) => {
+                    pushes.close(opened);
+                    link.send(Response::error(
+                        ErrorKind::BadRequest,
+                        format!("{} cannot follow push_start", other.op()),
+                    ));
+                    return;
+                }
+                Next::Gone => {
+                    pushes.close(opened);
+                    if verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
+                        let why = "login abandoned before the answer was taken; push withdrawn";
+                        self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, why);
+                    }
+                    return;
+                }
+            }
+            if waiting && let Some(done) = verdict.take() {
+                if let Some((outcome, why, phone)) = &done.audit {
+                    self.audit_push(&login, peer_uid, phone.as_deref(), *outcome, why);
+                }
+                link.send(done.response);
+                return;
+            }
+            if Instant::now() >= give_up {
+                pushes.close(opened);
+                return;
+            }
+            if verdict.is_none() {
+                pushes.wait_answer(opened, TICK);
+            } else {
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+
+    /// The push's result, once there is one: an answer, the time running
+    /// out, or the relay lost.
+    fn push_verdict(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        pushes: &Pushes,
+        id: u64,
+    ) -> Option<Verdict> {
+        let now = (self.clock)();
+        match pushes.wait_answer(id, Duration::ZERO) {
+            Some(Answer::Approved { phone }) => {
+                let _one_at_a_time = self.account_lock(&login.user);
+                let locked = self.store.locked_until(&login.user, now);
+                if let Ok(Some(until)) = locked {
+                    return Some(Verdict {
+                        response: Response::LockedOut { until },
+                        audit: Some((
+                            Outcome::Deny,
+                            "approved on the phone, but the account is locked out".into(),
+                            Some(phone),
+                        )),
+                    });
+                }
+                if let Err(err) = self.store.clear_failures(&login.user) {
+                    crate::say!("clearing failures of {}: {err}", login.user);
+                }
+                Some(Verdict {
+                    response: Response::Allow {
+                        phone: phone.clone(),
+                    },
+                    audit: Some((Outcome::Allow, "approved on the phone".into(), Some(phone))),
+                })
+            }
+            Some(Answer::WrongNumber { phone, tapped }) => {
+                // Counted now, whether or not the login collects it: someone
+                // may be guessing, or tricking the user into tapping.
+                let _one_at_a_time = self.account_lock(&login.user);
+                let reason = DenyReason::WrongNumber;
+                let response = self
+                    .refuse_code(peer_uid, login, Method::Push, reason, now)
+                    .unwrap_or(Response::Deny { reason });
+                let why = format!(
+                    "possible attack: {tapped} tapped on {phone:?}, not the number the login showed"
+                );
+                self.audit_push(login, peer_uid, Some(&phone), Outcome::Deny, &why);
+                Some(Verdict {
+                    response,
+                    audit: None,
+                })
+            }
+            None if pushes.expired(id) => {
+                let why = "no answer from the phone in time";
+                self.audit_push(login, peer_uid, None, Outcome::Deny, why);
+                Some(Verdict {
+                    response: Response::Deny {
+                        reason: DenyReason::NoAnswer,
+                    },
+                    audit: None,
+                })
+            }
+            None => match pushes.relay_down_for() {
+                Some(down) if down >= crate::push::RELAY_GIVE_UP => {
+                    let why = format!(
+                        "the push relay has been unreachable for {} s",
+                        down.as_secs()
+                    );
+                    self.audit_push(login, peer_uid, None, Outcome::Withdrawn, &why);
+                    Some(Verdict {
+                        response: Response::error(ErrorKind::PushFailed, why),
+                        audit: None,
+                    })
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// Checks the login as `Begin` does, then sends the notifications.
+    fn push_start(&self, peer_uid: u32, request: Request) -> Result<Started, Response> {
+        let user = self
+            .authorize(peer_uid, &request)
+            .map_err(|refusal| self.refused(peer_uid, &request, refusal))?;
+        let Request::PushStart { login } = request else {
+            return Err(Response::error(ErrorKind::Internal, "not a push"));
+        };
+        let gids = self.login_gids(&login.user, &user);
+        let login = LoginContext { user, ..login };
+        let Some(setup) = &self.push else {
+            return Err(Response::error(
+                ErrorKind::PushFailed,
+                "push is not set up on this host",
+            ));
+        };
+        let now = (self.clock)();
+        let (opened, asks) = {
+            let _one_at_a_time = self.account_lock(&login.user);
+            let apply = Apply::Policy {
+                gids: gids.as_deref(),
+            };
+            let phones = match self.phones_to_ask(peer_uid, &login, Method::Push, apply) {
+                Ok(Ok(phones)) => phones,
+                Ok(Err(answer)) => return Ok(Started::Answer(answer)),
+                Err(refusal) => return Err(Response::error(refusal.kind, refusal.message)),
+            };
+            let targets: Vec<(String, String)> = phones
+                .into_iter()
+                .filter_map(|p| p.push_topic.map(|topic| (p.name, topic)))
+                .collect();
+            if targets.is_empty() {
+                return Err(Response::error(
+                    ErrorKind::PushFailed,
+                    "no phone of this account is set up for push",
+                ));
+            }
+            if let Some(down) = setup.pushes.relay_down_for()
+                && down >= crate::push::RELAY_GIVE_UP
+            {
+                let why = format!(
+                    "the push relay has been unreachable for {} s",
+                    down.as_secs()
+                );
+                self.audit_push(
+                    &login,
+                    peer_uid,
+                    None,
+                    Outcome::Deny,
+                    &format!("no push: {why}"),
+                );
+                return Err(Response::error(ErrorKind::PushFailed, why));
+            }
+            let config = &setup.config;
+            match setup.pushes.open(
+                &login.user,
+                &targets,
+                config.timeout,
+                now,
+                config.max_per_hour,
+            ) {
+                Ok(opened) => opened,
+                Err(PushError(why)) => {
+                    let reason = format!("no push: {why}");
+                    self.audit_push(&login, peer_uid, None, Outcome::Deny, &reason);
+                    return Err(Response::error(ErrorKind::TooMany, why));
+                }
+            }
+        };
+
+        // The relay may take its time: the account is not held meanwhile.
+        let title = format!("Log in as {} on {}?", login.user, self.hostname);
+        let message = format!(
+            "{} is logging in to {} through {} from {} at {}. \
+             Tap the number the login shows. If this is not you, tap nothing \
+             and tell your administrator.",
+            login.user,
+            self.hostname,
+            login.service,
+            login.rhost.as_deref().unwrap_or("this host itself"),
+            time(now).replace('T', " ").replace('Z', " UTC"),
+        );
+        let results: Vec<(String, Result<(), PushError>)> = std::thread::scope(|scope| {
+            let sends: Vec<_> = asks
+                .iter()
+                .map(|ask| {
+                    let note = Notification {
+                        topic: &ask.topic,
+                        title: title.clone(),
+                        message: message.clone(),
+                        buttons: ask
+                            .buttons
+                            .iter()
+                            .map(|(n, token)| (n.to_string(), ask.body(token)))
+                            .collect(),
+                    };
+                    let relay = &setup.relay;
+                    (ask.phone.clone(), scope.spawn(move || relay.publish(&note)))
+                })
+                .collect();
+            sends
+                .into_iter()
+                .map(|(phone, send)| {
+                    let result = send
+                        .join()
+                        .unwrap_or_else(|_| Err(PushError("the publishing thread failed".into())));
+                    (phone, result)
+                })
+                .collect()
+        });
+        let mut sent = Vec::new();
+        let mut failures = Vec::new();
+        for (phone, result) in results {
+            match result {
+                Ok(()) => sent.push(phone),
+                Err(err) => failures.push(format!("{phone:?}: {err}")),
+            }
+        }
+        if sent.is_empty() {
+            setup.pushes.close(opened.id);
+            let why = failures.join("; ");
+            crate::say!("push for {} failed: {why}", login.user);
+            self.audit_push(
+                &login,
+                peer_uid,
+                None,
+                Outcome::Deny,
+                &format!("no push: {why}"),
+            );
+            return Err(Response::error(
+                ErrorKind::PushFailed,
+                "the push relay did not take the request",
+            ));
+        }
+        let mut why = format!(
+            "push sent to {}; the login shows {}",
+            sent.join(", "),
+            opened.number
+        );
+        if !failures.is_empty() {
+            why.push_str(&format!("; not sent to {}", failures.join("; ")));
+        }
+        self.audit_push(&login, peer_uid, None, Outcome::Pending, &why);
+        Ok(Started::Sent {
+            login,
+            id: opened.id,
+            number: opened.number,
+            phones: sent,
+            expires: setup.config.timeout,
+        })
+    }
+
+    /// `smartsign phone test NAME`: one notification, no buttons.
+    pub(super) fn phone_test(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        name: &str,
+    ) -> Result<Response, Refusal> {
+        let Some(setup) = &self.push else {
+            return Err(Refusal::quiet(
+                ErrorKind::PushFailed,
+                "push is not set up on this host (no [push] in the daemon's configuration)",
+            ));
+        };
+        let topic = {
+            let _one_at_a_time = self.account_lock(user);
+            let (phones, index) = self.phone_named(user, name)?;
+            let Some(topic) = phones[index].push_topic.clone() else {
+                return Err(Refusal::quiet(
+                    ErrorKind::PushFailed,
+                    format!("{name:?} was enrolled before push; add it again to set it up"),
+                ));
+            };
+            setup
+                .pushes
+                .admit(user, (self.clock)(), setup.config.max_per_hour)
+                .map_err(|PushError(why)| Refusal::quiet(ErrorKind::TooMany, why))?;
+            topic
+        };
+        let note = Notification {
+            topic: &topic,
+            title: "SmartSign test".into(),
+            message: format!(
+                "This phone ({name}) gets SmartSign's login requests for {user} on {}.",
+                self.hostname
+            ),
+            buttons: Vec::new(),
+        };
+        match setup.relay.publish(&note) {
+            Ok(()) => {
+                self.audit_manage(peer_uid, user, Some(name), "test notification sent");
+                Ok(Response::Done)
+            }
+            Err(PushError(why)) => {
+                self.audit_manage(
+                    peer_uid,
+                    user,
+                    Some(name),
+                    &format!("test notification failed: {why}"),
+                );
+                Err(Refusal::quiet(ErrorKind::PushFailed, why))
+            }
+        }
+    }
+
+    /// A fresh push topic for a phone being added, and its subscription
+    /// URL when push is set up.
+    pub(super) fn new_push_topic(&self) -> Result<(String, Option<String>), Refusal> {
+        let topic = new_topic("smartsign-").map_err(|PushError(why)| {
+            Refusal::quiet(ErrorKind::Internal, format!("no push topic: {why}"))
+        })?;
+        let url = self
+            .push
+            .as_ref()
+            .map(|setup| setup.relay.topic_url(&topic));
+        Ok((topic, url))
+    }
+
+    /// Follows the response topic for as long as the daemon runs.
+    pub fn follow_answers(&self) {
+        let Some(setup) = &self.push else { return };
+        // Answers published before the first stream opens are fetched
+        // with it; afterwards the relay's own clock says where to resume.
+        let mut since = (self.clock)().saturating_sub(30);
+        let mut seen = Recent::default();
+        let mut backoff = Duration::from_millis(250);
+        let mut last_error = String::new();
+        loop {
+            let result = setup.relay.follow(since, &mut |event| {
+                setup.pushes.set_relay_up(true);
+                backoff = Duration::from_millis(250);
+                since = since.max(event.time);
+                if event.event == "message"
+                    && seen.first_time(&event.id)
+                    && let Some(message) = &event.message
+                {
+                    self.take_tap(message);
+                }
+            });
+            setup.pushes.set_relay_up(false);
+            if let Err(PushError(err)) = result
+                && err != last_error
+            {
+                crate::say!("push answers: {err}; trying again");
+                last_error = err;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn take_tap(&self, message: &str) {
+        let (user, phone, why) = match self.push.as_ref().map(|s| s.pushes.answer(message)) {
+            None | Some(Tap::Answered) => return,
+            Some(Tap::Unknown) => {
+                crate::say!(
+                    "push answers: ignored a message that answers no request of this daemon"
+                );
+                return;
+            }
+            Some(Tap::Stale { user, phone }) => (user, phone, "a tap on a push that has ended"),
+            Some(Tap::Repeated { user, phone }) => {
+                (user, phone, "a second answer to a push already answered")
+            }
+            Some(Tap::Forged { user, phone }) => (
+                user,
+                phone,
+                "possible attack: an answer with a token the push never had",
+            ),
+        };
+        let login = LoginContext {
+            user,
+            service: "-".into(),
+            rhost: None,
+            tty: None,
+        };
+        self.audit_login(&login, 0, Method::Push, Some(&phone), Outcome::Refused, why);
+    }
+
+    fn audit_push(
+        &self,
+        login: &LoginContext,
+        peer_uid: u32,
+        phone: Option<&str>,
+        outcome: Outcome,
+        why: &str,
+    ) {
+        self.audit_login(login, peer_uid, Method::Push, phone, outcome, why);
+    }
+}
+
+enum Started {
+    Sent {
+        login: LoginContext,
+        id: u64,
+        number: u8,
+        phones: Vec<String>,
+        expires: Duration,
+    },
+    /// The login ends before any push (locked out, exempt, not enrolled).
+    Answer(Response),
+}
+
+/// Message ids seen lately, so that a stream opened again with `since=`
+/// does not hand over an answer twice.
+#[derive(Default)]
+struct Recent {
+    order: std::collections::VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl Recent {
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        self.ids.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        if self.order.len() > 1024
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        true
+    }
+}
