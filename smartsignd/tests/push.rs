@@ -249,7 +249,10 @@ fn relay_down_at_the_start_leaves_the_code() {
     let login = s.ssh("", &oathtool(&secret, "now"));
     assert!(login.logged_in_as(&s.user.name), "{}", s.explain(&login));
     assert!(
-        login.prompts.iter().any(|p| p.contains("SmartSign code for")),
+        login
+            .prompts
+            .iter()
+            .any(|p| p.contains("SmartSign code for")),
         "{}",
         s.explain(&login)
     );
@@ -300,4 +303,67 @@ fn an_answer_given_while_the_relay_restarts_is_not_lost() {
         assert!(login.logged_in_as(&s.user.name), "{}", s.explain(&login));
         assert!(s.audit_has(&["method=push", "result=allow"]));
     });
+}
+
+#[test]
+fn phone_test_says_whether_the_relay_took_it() {
+    let s = setup("test", "30s", "");
+    let (_, phone) = s.phone("Pixel 8");
+    let out = s
+        .daemon
+        .cli(&["--user", &s.user.name, "phone", "test", "Pixel 8"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let note = note_within(&phone);
+    assert_eq!(note.title, "SmartSign test");
+    assert!(note.buttons.is_empty(), "{note:?}");
+
+    let out = s
+        .daemon
+        .cli(&["--user", &s.user.name, "phone", "test", "no such"]);
+    assert_eq!(out.status.code(), Some(5), "not found");
+
+    s.relay.stop();
+    let out = s
+        .daemon
+        .cli(&["--user", &s.user.name, "phone", "test", "Pixel 8"]);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("relay"),
+        "{out:?}"
+    );
+    assert!(s.audit_has(&["test notification failed"]));
+}
+
+#[test]
+fn the_push_topic_is_shown_once_and_only_to_its_enroller() {
+    let s = setup("once", "30s", "");
+    let (_, _phone) = s.phone("Pixel 8");
+    let list = s
+        .daemon
+        .cli(&["--user", &s.user.name, "phone", "list", "--json"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(!text.contains("smartsign-phone-"), "{text}");
+    let status = s.daemon.cli(&["--user", &s.user.name, "status", "--json"]);
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("smartsign-phone-"));
+}
+
+#[test]
+fn a_relay_that_refuses_the_token_leaves_the_code() {
+    let s = setup("token", "30s", "");
+    let (secret, _phone) = s.phone("Pixel 8");
+    // Another token on the relay side: every publish is refused with 401.
+    s.relay.stop();
+    let relay = Relay::start_on(&s.dir, s.relay.port, &["--token", "tk_other"]);
+    let login = s.ssh("", &oathtool(&secret, "now"));
+    assert!(login.logged_in_as(&s.user.name), "{}", s.explain(&login));
+    assert!(
+        s.audit_has(&["method=push", "no push", "401"]),
+        "{}",
+        s.daemon.log()
+    );
+    drop(relay);
 }

@@ -62,13 +62,13 @@ impl Service {
             return;
         };
         let (login, push, opened, expires) = match self.push_start(peer_uid, request) {
-            Ok(Started::Sent {
+            Started::Sent {
                 login,
                 id,
                 number,
                 phones,
                 expires,
-            }) => {
+            } => {
                 let unix_expires = (self.clock)() + expires.as_secs();
                 if !link.send(Response::PushSent {
                     number,
@@ -83,11 +83,7 @@ impl Service {
                 let Some(setup) = &self.push else { return };
                 (login, setup, id, Instant::now() + expires)
             }
-            Ok(Started::Answer(response)) => {
-                link.send(response);
-                return;
-            }
-            Err(response) => {
+            Started::Answer(response) => {
                 link.send(response);
                 return;
             }
@@ -236,17 +232,18 @@ impl Service {
     }
 
     /// Checks the login as `Begin` does, then sends the notifications.
-    fn push_start(&self, peer_uid: u32, request: Request) -> Result<Started, Response> {
-        let user = self
-            .authorize(peer_uid, &request)
-            .map_err(|refusal| self.refused(peer_uid, &request, refusal))?;
+    fn push_start(&self, peer_uid: u32, request: Request) -> Started {
+        let user = match self.authorize(peer_uid, &request) {
+            Ok(user) => user,
+            Err(refusal) => return Started::Answer(self.refused(peer_uid, &request, refusal)),
+        };
         let Request::PushStart { login } = request else {
-            return Err(Response::error(ErrorKind::Internal, "not a push"));
+            return Started::Answer(Response::error(ErrorKind::Internal, "not a push"));
         };
         let gids = self.login_gids(&login.user, &user);
         let login = LoginContext { user, ..login };
         let Some(setup) = &self.push else {
-            return Err(Response::error(
+            return Started::Answer(Response::error(
                 ErrorKind::PushFailed,
                 "push is not set up on this host",
             ));
@@ -259,15 +256,17 @@ impl Service {
             };
             let phones = match self.phones_to_ask(peer_uid, &login, Method::Push, apply) {
                 Ok(Ok(phones)) => phones,
-                Ok(Err(answer)) => return Ok(Started::Answer(answer)),
-                Err(refusal) => return Err(Response::error(refusal.kind, refusal.message)),
+                Ok(Err(answer)) => return Started::Answer(answer),
+                Err(refusal) => {
+                    return Started::Answer(Response::error(refusal.kind, refusal.message));
+                }
             };
             let targets: Vec<(String, String)> = phones
                 .into_iter()
                 .filter_map(|p| p.push_topic.map(|topic| (p.name, topic)))
                 .collect();
             if targets.is_empty() {
-                return Err(Response::error(
+                return Started::Answer(Response::error(
                     ErrorKind::PushFailed,
                     "no phone of this account is set up for push",
                 ));
@@ -286,7 +285,7 @@ impl Service {
                     Outcome::Deny,
                     &format!("no push: {why}"),
                 );
-                return Err(Response::error(ErrorKind::PushFailed, why));
+                return Started::Answer(Response::error(ErrorKind::PushFailed, why));
             }
             let config = &setup.config;
             match setup.pushes.open(
@@ -300,7 +299,7 @@ impl Service {
                 Err(PushError(why)) => {
                     let reason = format!("no push: {why}");
                     self.audit_push(&login, peer_uid, None, Outcome::Deny, &reason);
-                    return Err(Response::error(ErrorKind::TooMany, why));
+                    return Started::Answer(Response::error(ErrorKind::TooMany, why));
                 }
             }
         };
@@ -364,7 +363,7 @@ impl Service {
                 Outcome::Deny,
                 &format!("no push: {why}"),
             );
-            return Err(Response::error(
+            return Started::Answer(Response::error(
                 ErrorKind::PushFailed,
                 "the push relay did not take the request",
             ));
@@ -378,13 +377,13 @@ impl Service {
             why.push_str(&format!("; not sent to {}", failures.join("; ")));
         }
         self.audit_push(&login, peer_uid, None, Outcome::Pending, &why);
-        Ok(Started::Sent {
+        Started::Sent {
             login,
             id: opened.id,
             number: opened.number,
             phones: sent,
             expires: setup.config.timeout,
-        })
+        }
     }
 
     /// `smartsign phone test NAME`: one notification, no buttons.
@@ -444,7 +443,7 @@ impl Service {
     /// A fresh push topic for a phone being added, and its subscription
     /// URL when push is set up.
     pub(super) fn new_push_topic(&self) -> Result<(String, Option<String>), Refusal> {
-        let topic = new_topic("smartsign-").map_err(|PushError(why)| {
+        let topic = new_topic("smartsign-phone-").map_err(|PushError(why)| {
             Refusal::quiet(ErrorKind::Internal, format!("no push topic: {why}"))
         })?;
         let url = self

@@ -24,9 +24,14 @@ impl Relay {
     /// A relay on a free loopback port, keeping its messages in `dir`
     /// across restarts; `extra` are more arguments (`--token`, ...).
     pub fn start(dir: &TempDir, extra: &[&str]) -> Relay {
+        Relay::start_on(dir, super::free_port(), extra)
+    }
+
+    /// Like [`Relay::start`], on `port`.
+    pub fn start_on(dir: &TempDir, port: u16, extra: &[&str]) -> Relay {
         let relay = Relay {
             child: Mutex::new(None),
-            port: super::free_port(),
+            port,
             cache: dir.join("ntfy-cache.jsonl"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -181,11 +186,7 @@ impl Phone {
                     Some("open") => {
                         let _ = opened_tx.send(());
                     }
-                    Some("message") => {
-                        if tx.send(Note::parse(&event)).is_err() {
-                            return;
-                        }
-                    }
+                    Some("message") if tx.send(Note::parse(&event)).is_err() => return,
                     _ => {}
                 }
             }
