@@ -27,6 +27,12 @@ pub trait Pam {
     fn service(&self) -> Option<String>;
     fn rhost(&self) -> Option<String>;
     fn tty(&self) -> Option<String>;
+    /// Whether `answer` is the password the stack took (PAM_AUTHTOK).
+    fn is_password(&self, answer: &str) -> bool;
+    /// Keeps a push for the next call in this PAM transaction, as when
+    /// sshd tries its next authentication method.
+    fn keep_push(&mut self, push: Push);
+    fn take_push(&mut self) -> Option<Push>;
     /// Asks with echo off. `Ok(None)` when the application gave no answer.
     fn prompt_hidden(&mut self, prompt: &str) -> Result<Option<Secret>, Outcome>;
     /// Tells the user something went wrong (`PAM_ERROR_MSG`).
@@ -66,7 +72,7 @@ impl Held for Session {
 }
 
 /// A push waiting for the phone, held by its connection.
-struct Push {
+pub struct Push {
     held: Box<dyn Held>,
     number: u8,
     expires: u64,
@@ -126,13 +132,16 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
         );
     }
 
-    let mut push = if push {
-        match start_push(pam, daemon, args, &login, now) {
+    // One push per login: a second call in this PAM transaction (sshd's
+    // next authentication method) takes up the one already sent.
+    let kept = pam.take_push().filter(|kept| kept.expires > now);
+    let mut push = match kept {
+        Some(kept) if push => Some(kept),
+        _ if push => match start_push(pam, daemon, args, &login, now) {
             Ok(push) => push,
             Err(outcome) => return outcome,
-        }
-    } else {
-        None
+        },
+        _ => None,
     };
     // A greeter's service: the phone answers without a prompt first.
     if autopush && let Some(mut waiting) = push.take() {
@@ -179,6 +188,22 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                 return outcome;
             }
         };
+        // An application that answers prompts itself with the password
+        // (sshd's PasswordAuthentication) has no user to ask: the code is
+        // for keyboard-interactive. Not a code, not counted, not sent.
+        if pam.is_password(answer.expose()) {
+            pam.log(
+                Priority::Warning,
+                "the answer to the SmartSign prompt was the password: this application \
+                 answers prompts itself (sshd's PasswordAuthentication does); \
+                 SmartSign needs keyboard-interactive",
+            );
+            pam.error("SmartSign: that is your password, not a code.");
+            if let Some(push) = push.take() {
+                pam.keep_push(push);
+            }
+            return Outcome::AuthErr;
+        }
         let typed = answer.expose().trim();
         if typed.is_empty()
             && let Some(waiting) = push.as_mut()
@@ -492,6 +517,8 @@ mod tests {
         errors: Vec<String>,
         infos: Vec<String>,
         logs: Vec<(Priority, String)>,
+        password: Option<String>,
+        kept: Option<Push>,
     }
 
     impl ScriptedPam {
@@ -516,6 +543,15 @@ mod tests {
         }
         fn tty(&self) -> Option<String> {
             Some("ssh".into())
+        }
+        fn is_password(&self, answer: &str) -> bool {
+            self.password.as_deref() == Some(answer)
+        }
+        fn keep_push(&mut self, push: Push) {
+            self.kept = Some(push);
+        }
+        fn take_push(&mut self) -> Option<Push> {
+            self.kept.take()
         }
         fn prompt_hidden(&mut self, prompt: &str) -> Result<Option<Secret>, Outcome> {
             self.prompts.push(prompt.into());
@@ -1183,5 +1219,63 @@ mod tests {
             ("push_cancel", Ok(Response::Done)),
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::ConvErr);
+    }
+
+    /// sshd's PasswordAuthentication answers every prompt with the
+    /// password; its keyboard-interactive method then calls again, in the
+    /// same PAM transaction, and must get the same push, not a second one.
+    #[test]
+    fn the_password_as_answer_is_no_code_and_the_push_waits_for_the_next_call() {
+        let mut pam = ScriptedPam::alice(&["hunter2", ""]);
+        pam.password = Some("hunter2".into());
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            ("begin", challenge_push(false)),
+            // The same push: no second push_start.
+            (
+                "push_wait",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert!(
+            daemon.codes.borrow().is_empty(),
+            "the password never reaches the daemon"
+        );
+        assert_eq!(
+            pam.errors,
+            ["SmartSign: that is your password, not a code."]
+        );
+        assert!(pam.kept.is_some());
+
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert!(pam.prompts[1].starts_with("Tap 47 "), "{:?}", pam.prompts);
+    }
+
+    #[test]
+    fn an_expired_kept_push_is_not_taken_up() {
+        let mut pam = ScriptedPam::alice(&[""]);
+        let daemon = ScriptedDaemon::new(vec![]);
+        pam.kept = Some(Push {
+            held: daemon.open().unwrap(),
+            number: 12,
+            expires: NOW - 1,
+        });
+        drop(daemon);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            (
+                "push_wait",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert!(pam.prompts[0].starts_with("Tap 47 "), "{:?}", pam.prompts);
     }
 }

@@ -4,11 +4,13 @@ use std::ffi::{CString, c_char, c_int};
 
 use pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_SILENT, PAM_TEXT_INFO, PamFlag};
 use pam::conv::Conv;
-use pam::items::{RHost, Service, Tty};
+use pam::items::{AuthTok, RHost, Service, Tty};
 use pam::module::PamHandle;
 use smartsign_proto::Secret;
 
-use crate::flow::{Pam, Priority};
+use std::cell::RefCell;
+
+use crate::flow::{Pam, Priority, Push};
 use crate::outcome::Outcome;
 
 #[link(name = "pam")]
@@ -16,6 +18,14 @@ unsafe extern "C" {
     /// From `<security/pam_ext.h>`: logs to LOG_AUTHPRIV with the
     /// `pam_smartsign(service:auth)` prefix, without touching the host's openlog().
     fn pam_syslog(pamh: *const PamHandle, priority: c_int, fmt: *const c_char, ...);
+}
+
+/// Where a push waits between two calls of one PAM transaction.
+const PUSH_KEY: &str = "pam_smartsign.push";
+
+/// Equal contents, in time that depends on the lengths alone.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub struct Handle<'a> {
@@ -87,6 +97,36 @@ impl Pam for Handle<'_> {
             .map_err(|code| Outcome::from_pam(&code))?;
         // A reply that is not UTF-8 goes on, replaced, so the daemon refuses and logs it.
         Ok(reply.map(|bytes| Secret::new(String::from_utf8_lossy(bytes.as_bytes()).into_owned())))
+    }
+
+    fn is_password(&self, answer: &str) -> bool {
+        match self.pamh.get_item::<AuthTok>() {
+            Ok(Some(password)) => {
+                !password.as_bytes().is_empty()
+                    && same_bytes(password.as_bytes(), answer.as_bytes())
+            }
+            _ => false,
+        }
+    }
+
+    fn keep_push(&mut self, push: Push) {
+        // libpam drops it (closing its connection) at pam_end, or when
+        // this key is set again.
+        if self
+            .pamh
+            .set_data(PUSH_KEY, Box::new(RefCell::new(Some(push))))
+            .is_err()
+        {
+            self.log(Priority::Warning, "cannot keep the push for the next call");
+        }
+    }
+
+    fn take_push(&mut self) -> Option<Push> {
+        // SAFETY: this module alone stores under PUSH_KEY, always a
+        // RefCell<Option<Push>> (keep_push above).
+        let kept = unsafe { self.pamh.get_data::<RefCell<Option<Push>>>(PUSH_KEY) };
+        kept.ok()
+            .and_then(|cell| cell.try_borrow_mut().ok()?.take())
     }
 
     fn error(&mut self, text: &str) {

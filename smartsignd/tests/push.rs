@@ -367,3 +367,51 @@ fn a_relay_that_refuses_the_token_leaves_the_code() {
     );
     drop(relay);
 }
+
+/// With PasswordAuthentication on (against the README's advice), sshd runs
+/// the PAM stack once for the password method, answering every prompt with
+/// the password, and again for keyboard-interactive: still one push, and
+/// the password is neither sent as a code nor counted. (sshd then fails
+/// the login at pam_setcred, since libpam replays the failed password run
+/// for it; so the login's outcome is not what this test checks.)
+#[test]
+fn sshds_second_method_takes_up_the_push_of_the_first() {
+    let s = setup("twice", "30s", "");
+    let (_, phone) = s.phone("Pixel 8");
+    let args = format!("socket={}", s.daemon.socket.display());
+    let methods = "KbdInteractiveAuthentication yes\nPasswordAuthentication yes\n";
+    let sshd = Sshd::start_with(&s.dir, "ptwicem", &s.user.name, &args, methods);
+    std::thread::scope(|scope| {
+        let login = scope.spawn(|| {
+            let (user, password) = (&s.user.name, &s.user.password);
+            let both = "password,keyboard-interactive";
+            ssh_methods(&s.dir, &sshd, user, password, "", "", "", None, both)
+        });
+        let note = note_within(&phone);
+        let number = s.shown_number();
+        note.tap(&number);
+        let login = login.join().unwrap();
+        assert!(
+            login.prompts.iter().any(|p| p.contains("'s password: ")),
+            "the password method ran first: {}",
+            s.explain(&login)
+        );
+        assert!(
+            phone.next(Duration::from_millis(500)).is_none(),
+            "a second notification for one login"
+        );
+        let pending = s
+            .daemon
+            .audit()
+            .iter()
+            .filter(|l| l.contains("result=pending"))
+            .count();
+        assert_eq!(pending, 1, "{}", s.daemon.log());
+        assert!(s.audit_has(&["method=push", "result=allow"]));
+        assert!(
+            !s.audit_has(&["result=deny"]),
+            "the password was not counted as a wrong code: {}",
+            s.daemon.log()
+        );
+    });
+}

@@ -324,6 +324,20 @@ pub struct Sshd {
 impl Sshd {
     /// `module_args` follow the module path on its `auth` line.
     pub fn start(dir: &TempDir, name: &str, user: &str, module_args: &str) -> Sshd {
+        let methods = "KbdInteractiveAuthentication yes\nPasswordAuthentication no\n\
+                       AuthenticationMethods keyboard-interactive\n";
+        Sshd::start_with(dir, name, user, module_args, methods)
+    }
+
+    /// Like [`Sshd::start`], with `methods` as the sshd_config lines that
+    /// choose the authentication methods.
+    pub fn start_with(
+        dir: &TempDir,
+        name: &str,
+        user: &str,
+        module_args: &str,
+        methods: &str,
+    ) -> Sshd {
         let service = format!("smartsign-e2e-{name}");
         let pam_file = PathBuf::from("/etc/pam.d").join(&service);
         fs::write(
@@ -361,8 +375,8 @@ impl Sshd {
             &config,
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
-                 UsePAM yes\nKbdInteractiveAuthentication yes\nPasswordAuthentication no\n\
-                 PubkeyAuthentication no\nAuthenticationMethods keyboard-interactive\n\
+                 UsePAM yes\n{methods}\
+                 PubkeyAuthentication no\n\
                  AllowUsers {user}\nUseDNS no\nLogLevel VERBOSE\nPrintMotd no\n\
                  LoginGraceTime 60\n",
                 hostkey.display(),
@@ -478,6 +492,33 @@ pub fn ssh_push(
     push: &str,
     maildir: Option<&Path>,
 ) -> Login {
+    ssh_methods(
+        dir,
+        sshd,
+        user,
+        password,
+        first,
+        code,
+        push,
+        maildir,
+        "keyboard-interactive",
+    )
+}
+
+/// Like [`ssh_push`], trying the client's `methods` in order
+/// (PreferredAuthentications).
+#[allow(clippy::too_many_arguments)]
+pub fn ssh_methods(
+    dir: &TempDir,
+    sshd: &Sshd,
+    user: &str,
+    password: &str,
+    first: &str,
+    code: &str,
+    push: &str,
+    maildir: Option<&Path>,
+    methods: &str,
+) -> Login {
     let answers = dir.join("askpass");
     fs::create_dir_all(&answers).unwrap();
     fs::write(answers.join("push"), push).unwrap();
@@ -515,7 +556,7 @@ pub fn ssh_push(
             "-o",
             "UserKnownHostsFile=/dev/null",
         ])
-        .args(["-o", "PreferredAuthentications=keyboard-interactive"])
+        .args(["-o", &format!("PreferredAuthentications={methods}")])
         .args([
             "-o",
             "PubkeyAuthentication=no",
