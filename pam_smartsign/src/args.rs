@@ -19,10 +19,17 @@ pub enum Failmode {
     Safe,
 }
 
+/// Where the fail mode is read from when no `failmode=` argument is given.
+pub const DEFAULT_CONFIG: &str = "/etc/smartsign/smartsign.toml";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub socket: PathBuf,
-    pub failmode: Failmode,
+    /// `failmode=`; `None` leaves it to the configuration file.
+    pub failmode: Option<Failmode>,
+    /// The configuration file whose top-level `failmode` applies when no
+    /// argument sets one.
+    pub config: PathBuf,
     /// The bound on any single wait for the daemon.
     pub timeout: Duration,
     pub debug: bool,
@@ -32,7 +39,8 @@ impl Default for Args {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
-            failmode: Failmode::Secure,
+            failmode: None,
+            config: PathBuf::from(DEFAULT_CONFIG),
             timeout: DEFAULT_TIMEOUT,
             debug: false,
         }
@@ -40,6 +48,29 @@ impl Default for Args {
 }
 
 impl Args {
+    /// The fail mode and where it came from: the argument, else the
+    /// configuration file's top-level `failmode`, else secure.
+    pub fn resolve_failmode(&self) -> (Failmode, String) {
+        if let Some(mode) = self.failmode {
+            return (mode, "the module argument".into());
+        }
+        let path = self.config.display();
+        match std::fs::read_to_string(&self.config) {
+            Ok(text) => match failmode_in(&text) {
+                Ok(Some(mode)) => (mode, format!("{path}")),
+                Ok(None) => (Failmode::Secure, "the default".into()),
+                Err(why) => (
+                    Failmode::Secure,
+                    format!("the default, as {path} does not say it clearly: {why}"),
+                ),
+            },
+            Err(err) => (
+                Failmode::Secure,
+                format!("the default, as {path} cannot be read: {err}"),
+            ),
+        }
+    }
+
     /// Parses `argv`; `warn` receives one message for each argument ignored.
     pub fn parse(argv: &[&CStr], warn: &mut dyn FnMut(&str)) -> Args {
         let mut args = Args::default();
@@ -55,8 +86,10 @@ impl Args {
             match (key, value) {
                 ("debug", None) => args.debug = true,
                 ("socket", Some(path)) if path.starts_with('/') => args.socket = path.into(),
-                ("failmode", Some("secure")) => args.failmode = Failmode::Secure,
-                ("failmode", Some("safe")) => args.failmode = Failmode::Safe,
+                ("failmode", Some("secure")) => args.failmode = Some(Failmode::Secure),
+                ("failmode", Some("safe")) => args.failmode = Some(Failmode::Safe),
+                ("config", Some(path)) if path.starts_with('/') => args.config = path.into(),
+                ("config", _) => warn(&format!("ignoring {arg:?}: config needs an absolute path")),
                 ("timeout", Some(secs)) => match secs.parse::<u64>() {
                     Ok(secs @ 1..=MAX_TIMEOUT_SECS) => args.timeout = Duration::from_secs(secs),
                     _ => warn(&format!(
@@ -70,6 +103,35 @@ impl Args {
         }
         args
     }
+}
+
+/// The top-level `failmode` of a smartsign.toml, read without a TOML
+/// parser (this runs inside sshd): `failmode = "safe"` or `"secure"` on a
+/// line of its own before the first table. Anything else that names the
+/// key is an error, which leaves the default.
+fn failmode_in(text: &str) -> Result<Option<Failmode>, String> {
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            break;
+        }
+        let Some(rest) = line.strip_prefix("failmode") else {
+            continue;
+        };
+        let Some(value) = rest.trim_start().strip_prefix('=') else {
+            if rest.starts_with([' ', '\t', '=']) {
+                return Err(format!("{line:?} is not failmode = \"secure\" or \"safe\""));
+            }
+            continue;
+        };
+        let value = value.split('#').next().unwrap_or_default().trim();
+        return match value {
+            "\"secure\"" | "'secure'" => Ok(Some(Failmode::Secure)),
+            "\"safe\"" | "'safe'" => Ok(Some(Failmode::Safe)),
+            _ => Err(format!("{line:?} is not failmode = \"secure\" or \"safe\"")),
+        };
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -90,17 +152,24 @@ mod tests {
         let (args, warnings) = parse(&[]);
         assert_eq!(args, Args::default());
         assert_eq!(args.socket, PathBuf::from("/run/smartsign/smartsignd.sock"));
-        assert_eq!(args.failmode, Failmode::Secure);
+        assert_eq!(args.failmode, None);
+        assert_eq!(args.config, PathBuf::from("/etc/smartsign/smartsign.toml"));
         assert_eq!(args.timeout, Duration::from_secs(10));
         assert!(warnings.is_empty());
     }
 
     #[test]
     fn every_argument() {
-        let (args, warnings) =
-            parse(&["socket=/tmp/s.sock", "failmode=safe", "timeout=3", "debug"]);
+        let (args, warnings) = parse(&[
+            "socket=/tmp/s.sock",
+            "failmode=safe",
+            "timeout=3",
+            "debug",
+            "config=/c.toml",
+        ]);
         assert_eq!(args.socket, PathBuf::from("/tmp/s.sock"));
-        assert_eq!(args.failmode, Failmode::Safe);
+        assert_eq!(args.failmode, Some(Failmode::Safe));
+        assert_eq!(args.config, PathBuf::from("/c.toml"));
         assert_eq!(args.timeout, Duration::from_secs(3));
         assert!(args.debug);
         assert!(warnings.is_empty());
@@ -116,9 +185,60 @@ mod tests {
             "timeout=99999999999999999999",
             "socket=relative.sock",
             "debug=yes",
+            "config=c.toml",
         ]);
         assert_eq!(args, Args::default());
-        assert_eq!(warnings.len(), 7, "{warnings:?}");
+        assert_eq!(warnings.len(), 8, "{warnings:?}");
         assert!(warnings[0].contains("nullok"));
+    }
+
+    #[test]
+    fn failmode_from_the_configuration_file() {
+        let cases: &[(&str, Result<Option<Failmode>, ()>)] = &[
+            ("", Ok(None)),
+            ("failmode = \"safe\"\n", Ok(Some(Failmode::Safe))),
+            (
+                "# comment\nsocket = \"/s\"\nfailmode='secure' # why\n",
+                Ok(Some(Failmode::Secure)),
+            ),
+            ("failmode=\"safe\"", Ok(Some(Failmode::Safe))),
+            ("#failmode = \"safe\"\n", Ok(None)),
+            ("[policy]\nfailmode = \"safe\"\n", Ok(None)),
+            ("failmodes = \"safe\"\n", Ok(None)),
+            ("failmode = \"open\"\n", Err(())),
+            ("failmode = safe\n", Err(())),
+            ("failmode = \"safe\" \"secure\"\n", Err(())),
+            ("failmode \"safe\"\n", Err(())),
+        ];
+        for (text, expected) in cases {
+            let got = failmode_in(text).map_err(|_| ());
+            assert_eq!(&got, expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_argument_wins_and_an_unreadable_file_is_secure() {
+        let dir = std::env::temp_dir().join(format!("pam-smartsign-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("smartsign.toml");
+        std::fs::write(&config, "failmode = \"safe\"\n").unwrap();
+        let mut args = Args {
+            config: config.clone(),
+            ..Args::default()
+        };
+        assert_eq!(args.resolve_failmode().0, Failmode::Safe);
+        args.failmode = Some(Failmode::Secure);
+        assert_eq!(args.resolve_failmode().0, Failmode::Secure);
+        args.failmode = None;
+        args.config = dir.join("missing.toml");
+        let (mode, why) = args.resolve_failmode();
+        assert_eq!(mode, Failmode::Secure);
+        assert!(why.contains("cannot be read"), "{why}");
+        std::fs::write(&config, "failmode = \"open\"\n").unwrap();
+        args.config = config;
+        let (mode, why) = args.resolve_failmode();
+        assert_eq!(mode, Failmode::Secure);
+        assert!(why.contains("does not say it clearly"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -442,11 +442,13 @@ fn locked_out(pam: &mut dyn Pam, until: u64, now: u64) -> Outcome {
 
 /// SmartSign cannot decide. The fail mode says what the login does about it.
 fn unavailable(pam: &mut dyn Pam, args: &Args, why: &str) -> Outcome {
-    match args.failmode {
+    let (failmode, from) = args.resolve_failmode();
+    let hint = "if smartsignd did not start, `smartsignd --check-config` says why";
+    match failmode {
         Failmode::Secure => {
             pam.log(
                 Priority::Error,
-                &format!("failmode=secure, refusing the login: {why}"),
+                &format!("failmode=secure ({from}), refusing the login: {why}; {hint}"),
             );
             pam.error(
                 "SmartSign is unavailable, so the login is refused. Contact your administrator.",
@@ -455,9 +457,10 @@ fn unavailable(pam: &mut dyn Pam, args: &Args, why: &str) -> Outcome {
         }
         Failmode::Safe => {
             pam.log(
-                Priority::Warning,
+                Priority::Error,
                 &format!(
-                    "failmode=safe, no second factor asked, the rest of the stack decides: {why}"
+                    "failmode=safe ({from}): NO SECOND FACTOR was asked, the rest of the \
+                     stack decides: {why}; {hint}"
                 ),
             );
             pam.error("SmartSign is unavailable; continuing without the second factor.");
@@ -743,7 +746,7 @@ mod tests {
         );
 
         let safe = Args {
-            failmode: Failmode::Safe,
+            failmode: Some(Failmode::Safe),
             ..Args::default()
         };
         let mut pam = ScriptedPam::alice(&[]);
@@ -769,7 +772,7 @@ mod tests {
     #[test]
     fn a_refusal_or_odd_answer_is_never_success() {
         let safe = Args {
-            failmode: Failmode::Safe,
+            failmode: Some(Failmode::Safe),
             ..Args::default()
         };
         let cases = [
@@ -990,7 +993,7 @@ mod tests {
     fn a_slow_mail_leaves_the_app_code_under_either_failmode() {
         for failmode in [Failmode::Secure, Failmode::Safe] {
             let args = Args {
-                failmode,
+                failmode: Some(failmode),
                 ..Args::default()
             };
             let mut pam = ScriptedPam::alice(&["1", "000000"]);

@@ -16,6 +16,12 @@ pub struct Config {
     /// Holds the SQLite store; created 0700.
     #[serde(default = "default_state_dir", deserialize_with = "absolute_path")]
     pub state_dir: PathBuf,
+    /// What the PAM module does when SmartSign cannot decide (smartsignd
+    /// down or failing), unless its `failmode=` argument says otherwise.
+    /// The module reads this key itself, since it matters most when the
+    /// daemon is not running.
+    #[serde(default)]
+    pub failmode: Failmode,
     #[serde(default)]
     pub totp: TotpConfig,
     #[serde(default)]
@@ -28,6 +34,16 @@ pub struct Config {
     /// Approval on the phone through an ntfy relay; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failmode {
+    /// Refuse the login.
+    #[default]
+    Secure,
+    /// Leave the decision to the rest of the PAM stack (logged loudly).
+    Safe,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +269,7 @@ impl Default for Config {
         Self {
             socket: default_socket(),
             state_dir: default_state_dir(),
+            failmode: Failmode::Secure,
             totp: TotpConfig::default(),
             lockout: LockoutConfig::default(),
             policy: PolicyConfig::default(),
@@ -658,11 +675,12 @@ mod tests {
     #[test]
     fn every_key() {
         let config = parse(
-            "socket = \"/tmp/s.sock\"\nstate_dir = \"/tmp/state\"\n\n[totp]\nskew = 2\n\n\
-             [lockout]\nmax_failures = 3\nwindow = \"30s\"\n",
+            "socket = \"/tmp/s.sock\"\nstate_dir = \"/tmp/state\"\nfailmode = \"safe\"\n\n\
+             [totp]\nskew = 2\n\n[lockout]\nmax_failures = 3\nwindow = \"30s\"\n",
         )
         .unwrap();
         assert_eq!(config.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(config.failmode, Failmode::Safe);
         assert_eq!(config.totp.skew, 2);
         assert_eq!(config.lockout.max_failures, 3);
         assert_eq!(config.lockout.window, Duration::from_secs(30));
@@ -727,6 +745,7 @@ mod tests {
                 "not an ntfy topic",
             ),
             ("[pusj]\nserver = \"x\"\n", 1, "pusj", "unknown field"),
+            ("failmode = \"open\"\n", 1, "failmode", "unknown variant"),
         ];
         for (text, line, key, words) in cases {
             let err = parse(text).unwrap_err();

@@ -468,3 +468,105 @@ fn a_sufficient_stack_still_asks_for_the_password() {
     assert!(output(&wrong).contains("Password"), "{}", output(&wrong));
     assert!(daemon.audit().iter().any(|l| l.contains("trusted network")));
 }
+
+/// A configuration smartsignd refuses stops it with the file, line and key;
+/// the module, finding no daemon, applies the fail mode: that file's own
+/// `failmode`, which it reads itself, or secure when it cannot tell.
+#[test]
+fn a_broken_config_stops_the_daemon_and_the_failmode_applies() {
+    require_root();
+    let dir = TempDir::new("broken-config");
+    let user = TestUser::new("sse2e-brokencfg");
+    let config = dir.join("smartsign.toml");
+    let socket = dir.join("smartsignd.sock");
+    let cases = [
+        // (the file, what the module does without a daemon)
+        ("failmode = \"safe\"\n[lockout]\nwindow = \"soon\"\n", true),
+        (
+            "failmode = \"secure\"\n[lockout]\nwindow = \"soon\"\n",
+            false,
+        ),
+        ("[lockout]\nwindow = \"soon\"\n", false),
+        ("failmode = \"sometimes\"\n", false),
+    ];
+    for (text, lets_through) in cases {
+        std::fs::write(&config, format!("socket = {socket:?}\n{text}")).unwrap();
+        let started = Command::new(SMARTSIGND)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(started.status.code(), Some(2), "{text:?}: {started:?}");
+        let said = String::from_utf8_lossy(&started.stderr);
+        assert!(said.contains("smartsign.toml:"), "{said}");
+        assert!(!socket.exists());
+
+        let services = dir.join("pam.d");
+        std::fs::create_dir_all(&services).unwrap();
+        std::fs::write(
+            services.join("smartsign-test"),
+            format!(
+                "auth required {MATRIX} passdb={}\n\
+                 auth required {} socket={} config={} timeout=2\n",
+                dir.join("passdb").display(),
+                module_path().display(),
+                socket.display(),
+                config.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("passdb"),
+            format!("{}:secret:smartsign-test\n", user.name),
+        )
+        .unwrap();
+        let stack = Stack {
+            services,
+            passdb: dir.join("passdb"),
+        };
+        let out = pamtester(&dir, &stack, &user.name, &["secret"], None);
+        assert_eq!(
+            out.status.success(),
+            lets_through,
+            "{text:?}: {}",
+            output(&out)
+        );
+        let message = if lets_through {
+            "continuing without the second factor"
+        } else {
+            "SmartSign is unavailable, so the login is refused"
+        };
+        assert!(output(&out).contains(message), "{text:?}: {}", output(&out));
+        // pam_wrapper shows the module's pam_syslog lines on stderr.
+        let why = if lets_through {
+            "failmode=safe (/"
+        } else {
+            "failmode=secure ("
+        };
+        let logged = output(&out);
+        assert!(
+            logged.contains(why) && logged.contains("--check-config"),
+            "{text:?}: {logged}"
+        );
+    }
+    // A file the module cannot read at all: secure.
+    let missing = dir.join("missing.toml");
+    std::fs::write(
+        dir.join("pam.d").join("smartsign-test"),
+        format!(
+            "auth required {MATRIX} passdb={}\n\
+             auth required {} socket={} config={} timeout=2\n",
+            dir.join("passdb").display(),
+            module_path().display(),
+            socket.display(),
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let stack = Stack {
+        services: dir.join("pam.d"),
+        passdb: dir.join("passdb"),
+    };
+    let out = pamtester(&dir, &stack, &user.name, &["secret"], None);
+    assert!(!out.status.success(), "{}", output(&out));
+}
