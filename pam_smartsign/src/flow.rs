@@ -158,6 +158,37 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
     // itself: sshd shows info messages only along with the next prompt.
     let user = printable(&login.user);
     let mut emailed_to: Option<String> = None;
+    // An account enrolled by its address alone: the code is mailed at once.
+    if phones.is_empty() && push.is_none() && email.is_some() {
+        email = None;
+        match daemon.call(Request::SendEmailCode {
+            login: login.clone(),
+        }) {
+            Ok(Response::EmailSent { to, .. }) => emailed_to = Some(to),
+            Ok(Response::Error {
+                kind: ErrorKind::MailFailed | ErrorKind::TooMany,
+                message,
+            }) => {
+                pam.log(
+                    Priority::Warning,
+                    &format!("no code was emailed: {message}"),
+                );
+                pam.error(&format!("SmartSign could not email a code: {message}."));
+                return Outcome::AuthErr;
+            }
+            Err(ClientError::Timeout) => {
+                pam.log(
+                    Priority::Warning,
+                    "no answer in time while a code was being emailed",
+                );
+                pam.error("SmartSign could not email a code in time.");
+                return Outcome::AuthErr;
+            }
+            Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
+            Ok(other) => return odd_answer(pam, args, &other),
+            Err(err) => return unavailable(pam, args, &err.to_string()),
+        }
+    }
     for _ in 0..MAX_PROMPTS {
         let mut options = Vec::new();
         if let Some(to) = &email {
@@ -175,6 +206,7 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                     options.join(", or ")
                 )
             }
+            (None, Some(to)) if phones.is_empty() => format!("Code from the email to {to}: "),
             (None, Some(to)) => format!("Code from the email to {to} (or from your phone): "),
             (None, None) if options.is_empty() => format!("SmartSign code for {user}: "),
             (None, None) => format!("SmartSign code for {user} (or {}): ", options.join(", or ")),
@@ -1280,5 +1312,37 @@ mod tests {
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
         assert!(pam.prompts[0].starts_with("Tap 47 "), "{:?}", pam.prompts);
+    }
+
+    #[test]
+    fn an_account_with_an_address_alone_gets_its_code_mailed_at_once() {
+        let mut pam = ScriptedPam::alice(&["12345678"]);
+        let daemon = ScriptedDaemon::new(vec![
+            (
+                "begin",
+                Ok(Response::Challenge {
+                    phones: vec![],
+                    email: Some("a****@example.org".into()),
+                    skip_until: None,
+                    push: false,
+                    autopush: false,
+                }),
+            ),
+            (
+                "send_email_code",
+                Ok(Response::EmailSent {
+                    to: "a****@example.org".into(),
+                    expires: NOW + 600,
+                }),
+            ),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "email a****@example.org".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert_eq!(pam.prompts, ["Code from the email to a****@example.org: "]);
     }
 }

@@ -85,6 +85,9 @@ pub enum EmailCommand {
     },
     /// Confirm the address with the code mailed to it (`-`: from standard input).
     Confirm { code: String },
+    /// Mail a one-time code to the registered address: the proof for
+    /// changes to an account enrolled by its address alone (--code).
+    SendCode,
     /// Stop sending codes by email.
     Remove {
         /// A current code from one of the account's phones (`-`: standard input).

@@ -308,6 +308,10 @@ pub struct PolicyConfig {
     /// Users may turn SmartSign off for themselves (`smartsign disable`).
     #[serde(default)]
     pub user_may_disable: bool,
+    /// A confirmed address alone enrolls an account (emailed codes at
+    /// every login); otherwise email is a fallback beside a phone.
+    #[serde(default)]
+    pub email_only: bool,
 }
 
 /// The instant a `skip_until` value names, in Unix seconds, and how to say it.
@@ -551,6 +555,7 @@ impl Config {
                 .collect(),
             trust_local: policy.trust_local,
             user_may_disable: policy.user_may_disable,
+            email_only: policy.email_only,
         })
     }
 

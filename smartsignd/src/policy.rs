@@ -33,6 +33,8 @@ pub struct Policy {
     pub trust_local: bool,
     /// Whether users may turn SmartSign off for themselves.
     pub user_may_disable: bool,
+    /// Whether a confirmed address alone enrolls an account.
+    pub email_only: bool,
 }
 
 /// What is known about one login.
@@ -141,6 +143,7 @@ mod tests {
             trusted_networks: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
             trust_local: false,
             user_may_disable: false,
+            email_only: false,
         }
     }
 

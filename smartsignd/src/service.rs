@@ -472,8 +472,11 @@ impl Service {
         user: &str,
         code: Option<&Secret>,
     ) -> Result<(), Refusal> {
-        if peer_uid == 0 || confirmed(self.store.phones(user)?).is_empty() {
+        if peer_uid == 0 {
             return Ok(());
+        }
+        if confirmed(self.store.phones(user)?).is_empty() {
+            return self.require_emailed_code(peer_uid, user, code);
         }
         let Some(code) = code else {
             return Err(Refusal::quiet(
@@ -507,6 +510,67 @@ impl Service {
             Response::Deny { reason } => Err(Refusal::quiet(
                 ErrorKind::WrongCode,
                 format!("{} (from one of your enrolled phones)", reason.describe()),
+            )),
+            other => Err(Refusal::quiet(
+                ErrorKind::Internal,
+                format!("unexpected {other:?}"),
+            )),
+        }
+    }
+
+    /// With `email_only`, a confirmed address alone enrolls an account
+    /// (when mail can be sent at all).
+    fn email_only_enrolled(&self, user: &str) -> Result<bool, Refusal> {
+        Ok(self.policy.email_only && self.mailer.is_some() && self.store.email(user)?.is_some())
+    }
+
+    /// For an account enrolled by its address alone, the proof of a change
+    /// is a code mailed to it (`smartsign email send-code`); an account
+    /// with neither needs none.
+    fn require_emailed_code(
+        &self,
+        peer_uid: u32,
+        user: &str,
+        code: Option<&Secret>,
+    ) -> Result<(), Refusal> {
+        if !self.email_only_enrolled(user)? {
+            return Ok(());
+        }
+        let Some(code) = code else {
+            return Err(Refusal::quiet(
+                ErrorKind::CodeRequired,
+                "this change needs a code mailed to the account's address: \
+                 get one with `smartsign email send-code`",
+            ));
+        };
+        let now = (self.clock)();
+        if let Some(until) = self.store.locked_until(user, now)? {
+            return Err(Refusal::quiet(
+                ErrorKind::Refused,
+                format!(
+                    "{user} is locked out after too many wrong codes until {}",
+                    time(until)
+                ),
+            ));
+        }
+        let login = LoginContext {
+            user: user.to_owned(),
+            service: "smartsign".into(),
+            rhost: None,
+            tty: None,
+        };
+        match self.verify_email_code(peer_uid, &login, &normalize(code.expose()), now)? {
+            Response::Allow { .. } => Ok(()),
+            Response::LockedOut { until } => Err(Refusal::quiet(
+                ErrorKind::Refused,
+                format!(
+                    "{user} is locked out after too many wrong codes until {}",
+                    time(until)
+                ),
+            )),
+            Response::Deny { reason } => Err(Refusal::quiet(
+                ErrorKind::WrongCode,
+                format!("{} (the code mailed to your address)", reason.describe()),
             )),
             other => Err(Refusal::quiet(
                 ErrorKind::Internal,
@@ -580,11 +644,12 @@ impl Service {
         let now = (self.clock)();
         let phones = confirmed(self.store.phones(&login.user)?);
         if let Apply::Policy { gids } = policy {
+            let enrolled = !phones.is_empty() || self.email_only_enrolled(&login.user)?;
             let facts = Facts {
                 now: now as i64,
                 rhost: login.rhost.as_deref(),
                 gids,
-                enrolled: !phones.is_empty(),
+                enrolled,
             };
             let skip = |why: &str, answer: Response| {
                 self.audit_login(login, peer_uid, Method::None, None, Outcome::Ignore, why);

@@ -344,3 +344,49 @@ fn a_user_confirms_their_address_from_the_mail() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["email"], "me@test.example", "{status}");
 }
+
+/// `[policy] email_only`: an account with a confirmed address and no phone
+/// is enrolled; its code is mailed as soon as the password is right.
+#[test]
+fn an_account_with_an_address_alone_logs_in_with_the_mailed_code() {
+    require_root();
+    let dir = TempDir::new("mail-only");
+    let user = TestUser::new("sse2e-mail-only");
+    let smtp = SmtpServer::start(&dir);
+    let config = format!(
+        "[policy]\nemail_only = true\n\n{}",
+        smtp_settings(smtp.port, "")
+    );
+    let daemon = Daemon::start(&dir, &config);
+    let out = daemon.cli(&["--user", &user.name, "email", "set", "only@test.example"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = format!("socket={}", daemon.socket.display());
+    let sshd = Sshd::start(&dir, "mail-only", &user.name, &args);
+    let login = ssh_with(
+        &dir,
+        &sshd,
+        &user.name,
+        &user.password,
+        "",
+        "",
+        Some(&smtp.maildir),
+    );
+    assert!(
+        login.logged_in_as(&user.name),
+        "{:?}\n{}",
+        login.prompts,
+        daemon.log()
+    );
+    assert!(
+        login.prompts[1].ends_with("Code from the email to o****@test.example: "),
+        "{:?}",
+        login.prompts
+    );
+    assert_eq!(smtp.messages().len(), 1);
+    let audit = daemon.audit().join("\n");
+    assert!(audit.contains("method=email-code"), "{audit}");
+}

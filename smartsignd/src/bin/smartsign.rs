@@ -10,7 +10,7 @@ use qrcode::QrCode;
 use qrcode::render::unicode::Dense1x2;
 use serde::Serialize;
 use smartsign_proto::{
-    AccountStatus, Client, ErrorKind, NewPhone, PhoneInfo, Request, Response, Secret,
+    AccountStatus, Client, ErrorKind, LoginContext, NewPhone, PhoneInfo, Request, Response, Secret,
 };
 use smartsignd::cli::{Command, EmailCommand, PhoneCommand, UserCli as Cli};
 
@@ -116,6 +116,7 @@ fn main() -> ExitCode {
             .map(code_arg)
             .transpose()
             .and_then(|code| app.email_set(address, code)),
+        Command::Email(EmailCommand::SendCode) => app.send_code(),
         Command::Email(EmailCommand::Confirm { code }) => {
             code_arg(code).and_then(|code| app.email_confirm(code))
         }
@@ -190,7 +191,12 @@ impl App {
         match self.call(build(code)) {
             Err(Failure(Exit::CodeRequired, message)) if !given && ask => {
                 println!("{message}.");
-                let code = prompt("Code from one of your enrolled phones: ")?;
+                let code = if message.contains("mailed") {
+                    self.send_code()?;
+                    prompt("Code from the email: ")?
+                } else {
+                    prompt("Code from one of your enrolled phones: ")?
+                };
                 self.call(build(Some(code)))
             }
             Err(Failure(Exit::CodeRequired, message)) => Err(Failure(
@@ -355,6 +361,45 @@ impl App {
                     }
                 }
             }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Mails a one-time code to the account's address, the proof of a
+    /// change for an account enrolled by its address alone.
+    fn send_code(&self) -> Outcome {
+        let user = match &self.user {
+            Some(user) => user.clone(),
+            None => nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .ok_or_else(|| Failure(Exit::NotFound, "this uid has no user name".into()))?,
+        };
+        let request = Request::SendEmailCode {
+            login: LoginContext {
+                user,
+                service: "smartsign".into(),
+                rhost: None,
+                tty: None,
+            },
+        };
+        match self.call(request)? {
+            Response::EmailSent { to, expires } => {
+                println!(
+                    "A code is on its way to {to}; it is good until {}.",
+                    when(expires)
+                );
+                Ok(())
+            }
+            Response::LockedOut { until } => Err(Failure(
+                Exit::Refused,
+                format!(
+                    "locked out after too many wrong codes until {}",
+                    when(until)
+                ),
+            )),
+            Response::Deny { reason } => Err(Failure(Exit::Refused, reason.describe().into())),
             other => Err(unexpected(&other)),
         }
     }

@@ -373,7 +373,12 @@ impl Service {
         if policy.trust_local {
             lines.push("logins without a remote host need no second factor (trust_local)".into());
         }
+        let by_address = phones.is_empty() && self.email_only_enrolled(user)?;
         match (phones.len(), policy.skip_allowed(now as i64)) {
+            (0, _) if by_address => lines.push(
+                "no phone, a confirmed address (email_only): a code is mailed at each login"
+                    .into(),
+            ),
             (0, Some(deadline)) => {
                 lines.push(format!("no phone: may log in without one until {deadline}"))
             }

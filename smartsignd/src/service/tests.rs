@@ -2060,3 +2060,97 @@ fn root_can_ask_which_rules_apply() {
     );
     assert_eq!(kind(&refused), Some(ErrorKind::Refused));
 }
+
+#[test]
+fn an_address_alone_enrolls_only_where_the_policy_says_so() {
+    let set_address = |f: &Fixture| {
+        let set = f.service.handle(
+            0,
+            Request::EmailSet {
+                user: Some("alice".into()),
+                address: "alice@example.org".into(),
+                code: None,
+            },
+        );
+        assert_eq!(set, Response::Done);
+    };
+    let begin = |f: &Fixture| {
+        f.service.handle(
+            0,
+            Request::Begin {
+                login: login("alice"),
+            },
+        )
+    };
+
+    // Without email_only, the address is a fallback: no phone, not enrolled.
+    let f = with_policy("email-only-off", Policy::default());
+    set_address(&f);
+    assert_eq!(
+        begin(&f),
+        Response::Deny {
+            reason: DenyReason::NotEnrolled
+        }
+    );
+
+    let f = with_policy(
+        "email-only-on",
+        Policy {
+            email_only: true,
+            ..Policy::default()
+        },
+    );
+    set_address(&f);
+    assert_eq!(
+        begin(&f),
+        Response::Challenge {
+            phones: vec![],
+            email: Some("a****@example.org".into()),
+            skip_until: None,
+            push: false,
+            autopush: false,
+        }
+    );
+    assert!(matches!(f.send_code("alice"), Response::EmailSent { .. }));
+    let code = f.mailed_code();
+    assert_eq!(
+        f.verify("alice", "123456"),
+        Response::Deny {
+            reason: DenyReason::WrongCode
+        }
+    );
+    assert!(matches!(f.verify("alice", &code), Response::Allow { .. }));
+
+    // The mailbox is the account's factor: adding a phone needs a mailed code.
+    let needs = add_as(&f, ALICE, "Pixel", None);
+    assert_eq!(kind(&needs), Some(ErrorKind::CodeRequired), "{needs:?}");
+    let wrong = add_as(&f, ALICE, "Pixel", Some("00000000"));
+    assert_eq!(kind(&wrong), Some(ErrorKind::WrongCode), "{wrong:?}");
+    let sent = f.service.handle(
+        ALICE,
+        Request::SendEmailCode {
+            login: login("alice"),
+        },
+    );
+    assert!(matches!(sent, Response::EmailSent { .. }), "{sent:?}");
+    let code = f.mailed_code();
+    let added = add_as(&f, ALICE, "Pixel", Some(&code));
+    assert!(matches!(added, Response::PhoneCreated(_)), "{added:?}");
+
+    // Without a way to send mail, an address enrolls nobody.
+    let mut f = with_policy(
+        "email-only-no-mail",
+        Policy {
+            email_only: true,
+            ..Policy::default()
+        },
+    );
+    set_address(&f);
+    Arc::get_mut(&mut f.service).unwrap().mailer = None;
+    assert_eq!(
+        begin(&f),
+        Response::Deny {
+            reason: DenyReason::NotEnrolled
+        }
+    );
+}
