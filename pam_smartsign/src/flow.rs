@@ -78,6 +78,10 @@ pub struct Push {
     expires: u64,
 }
 
+/// How long smartsignd may take to hand a push to the relay, on top of
+/// the module's `timeout=` (its own bound is 5 seconds).
+const PUBLISH_BOUND: Duration = Duration::from_secs(6);
+
 /// Prompts a login may show, before it has to decide.
 const MAX_PROMPTS: usize = 3;
 
@@ -215,7 +219,7 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
             Ok(answer) => answer,
             Err(outcome) => {
                 if let Some(push) = push.take() {
-                    cancel_push(args, push);
+                    cancel_push(pam, args, push, now);
                 }
                 return outcome;
             }
@@ -246,10 +250,16 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
             push = None;
             continue;
         }
+        // Enter alone, with no push to wait for, is no attempt: ask again.
+        if typed.is_empty() && push.is_none() {
+            continue;
+        }
         // Anything else the user types ends the push first: an approval
         // must not slip in beside a code.
-        if let Some(push) = push.take() {
-            cancel_push(args, push);
+        if let Some(push) = push.take()
+            && let Some(refused) = cancel_push(pam, args, push, now)
+        {
+            return refused;
         }
         if skip_until.is_some() && typed.eq_ignore_ascii_case("s") {
             return match daemon.call(Request::SkipNow { login }) {
@@ -327,7 +337,8 @@ fn start_push(
     let start = Request::PushStart {
         login: login.clone(),
     };
-    match held.call(start, args.timeout) {
+    // The daemon publishes before it answers, within its own bound.
+    match held.call(start, args.timeout + PUBLISH_BOUND) {
         Ok(Response::PushSent {
             number, expires, ..
         }) => Ok(Some(Push {
@@ -390,10 +401,18 @@ fn wait_for_phone(pam: &mut dyn Pam, args: &Args, push: &mut Push, now: u64) -> 
     }
 }
 
-/// Withdraws a push the user answered otherwise; closing its connection
-/// would too, this says why.
-fn cancel_push(args: &Args, mut push: Push) {
-    let _ = push.held.call(Request::PushCancel, args.timeout);
+/// Withdraws a push the user answered otherwise (closing its connection
+/// would too; this says why). `Some` when the phone's answer refuses the
+/// login all the same: a decoy tapped says this login is not the user's.
+fn cancel_push(pam: &mut dyn Pam, args: &Args, mut push: Push, now: u64) -> Option<Outcome> {
+    match push.held.call(Request::PushCancel, args.timeout) {
+        Ok(Response::Deny { reason }) => {
+            pam.error(&format!("SmartSign: {}.", reason.describe()));
+            Some(Outcome::AuthErr)
+        }
+        Ok(Response::LockedOut { until }) => Some(locked_out(pam, until, now)),
+        _ => None,
+    }
 }
 
 /// One hidden prompt; an answer too long to be a code is refused here.
@@ -1344,5 +1363,38 @@ mod tests {
         ]);
         assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
         assert_eq!(pam.prompts, ["Code from the email to a****@example.org: "]);
+    }
+
+    #[test]
+    fn enter_alone_without_a_push_asks_again_and_counts_nothing() {
+        let mut pam = ScriptedPam::alice(&["", "", ""]);
+        let daemon = ScriptedDaemon::new(vec![("begin", challenge())]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert_eq!(pam.prompts.len(), 3);
+        assert_eq!(pam.errors, ["SmartSign: no code was given."]);
+    }
+
+    #[test]
+    fn a_decoy_tapped_refuses_the_login_even_if_a_code_follows() {
+        let mut pam = ScriptedPam::alice(&["123456"]);
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            (
+                "push_cancel",
+                Ok(Response::Deny {
+                    reason: DenyReason::WrongNumber,
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        assert!(
+            daemon.codes.borrow().is_empty(),
+            "the code is not even tried"
+        );
+        assert_eq!(
+            pam.errors,
+            ["SmartSign: the wrong number was tapped on the phone."]
+        );
     }
 }

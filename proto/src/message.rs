@@ -302,8 +302,11 @@ pub struct PhoneInfo {
     pub confirmed: bool,
     /// Unix seconds.
     pub created: u64,
-    /// Unix seconds of the last login with this phone's code.
+    /// Unix seconds of the last login with this phone's code or tap.
     pub last_used: Option<u64>,
+    /// Set up for push: it has a topic the ntfy app follows.
+    #[serde(default)]
+    pub push: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,6 +51,9 @@ pub enum Outcome {
     /// A push ended without deciding the login (a code typed instead, the
     /// login abandoned).
     Withdrawn,
+    /// Something SmartSign needed did not work (a push could not be sent);
+    /// the login goes on another way.
+    Failed,
 }
 
 impl Outcome {
@@ -63,6 +66,7 @@ impl Outcome {
             Outcome::Done => "done",
             Outcome::Pending => "pending",
             Outcome::Withdrawn => "withdrawn",
+            Outcome::Failed => "failed",
         }
     }
 }

@@ -102,8 +102,9 @@ pub enum PhoneCommand {
     Add {
         /// A name to tell your phones apart, such as "Pixel 8".
         name: String,
-        /// Print name, secret and otpauth_uri as JSON and do not prompt;
-        /// confirm afterwards with `smartsign phone confirm`.
+        /// Print name, secret, otpauth_uri and push_url (the ntfy topic, or
+        /// null without push) as JSON and do not prompt; confirm
+        /// afterwards with `smartsign phone confirm`.
         #[arg(long)]
         json: bool,
         /// When the account already has a phone: a current code from it
@@ -120,7 +121,10 @@ pub enum PhoneCommand {
     },
     /// Send a test push notification to a phone, to check that it follows
     /// its ntfy topic.
-    Test { name: String },
+    Test {
+        /// The phone's name, as `smartsign phone list` shows it.
+        name: String,
+    },
     /// Enrolled and pending phones.
     List {
         /// Print as JSON.

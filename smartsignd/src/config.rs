@@ -468,6 +468,14 @@ impl Config {
                     format!("{bad:?} is not a PAM service name"),
                 ));
             }
+            if push.autopush.iter().any(|s| s == "sshd") {
+                return Err(error(
+                    "autopush",
+                    "not for sshd: it shows the number only with the next prompt, \
+                     so the user would not see it in time"
+                        .into(),
+                ));
+            }
         }
         let Some(email) = &self.email else {
             return Ok(());

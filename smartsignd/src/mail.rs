@@ -292,7 +292,7 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, MailError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o007 != 0 {
         return Err(MailError(format!(
-            "{what} holds a password but everybody may read it (mode {mode:o}): chmod o= it"
+            "{what} holds a secret but everybody may read it (mode {mode:o}): chmod o= it"
         )));
     }
     let text = std::fs::read_to_string(path).map_err(|err| {

@@ -151,6 +151,23 @@ impl Relay {
             .map_err(|err| PushError(format!("relay {}: {err}", self.server)))?;
         let status = response.status();
         if status.is_success() {
+            // ntfy answers a publish with the message it stored.
+            let mut text = String::new();
+            let read = response
+                .into_body()
+                .into_reader()
+                .take(16 * 1024)
+                .read_to_string(&mut text);
+            let stored = read
+                .ok()
+                .and_then(|_| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|v| v["id"].is_string());
+            if !stored {
+                return Err(PushError(format!(
+                    "relay {} answered the publish with something that is not an ntfy message",
+                    self.server
+                )));
+            }
             return Ok(());
         }
         let mut text = String::new();
@@ -275,8 +292,6 @@ struct Book {
     /// Ended request ids with their user and phone, oldest first.
     ended: VecDeque<(String, String, String)>,
     ended_index: HashSet<String>,
-    /// Unix seconds of each account's pushes in the last hour.
-    sent: HashMap<String, VecDeque<u64>>,
     next_id: u64,
     /// Since when the response stream has been down; `None` while it is up.
     down_since: Option<Instant>,
@@ -313,27 +328,41 @@ impl Pushes {
     }
 
     /// Opens a request for `user` to each phone (name, topic), within the
-    /// account's limits. Errors are for the user.
+    /// account's limit of waiting pushes. The three numbers on offer are
+    /// new to the account's other waiting pushes: a tap meant for one login
+    /// can neither approve nor refuse another. Errors are for the user.
     pub fn open(
         &self,
         user: &str,
         phones: &[(String, String)],
         timeout: Duration,
-        now_unix: u64,
-        max_per_hour: u32,
     ) -> Result<(Opened, Vec<Ask>), PushError> {
-        let number = random_number(10, 99)?;
+        let mut book = self.book();
+        let others: Vec<&Live> = book.live.values().filter(|l| l.user == user).collect();
+        if others.len() >= MAX_PENDING_PER_ACCOUNT {
+            return Err(PushError(format!(
+                "{} push requests for {user} are already waiting",
+                others.len()
+            )));
+        }
+        let taken: HashSet<u8> = others
+            .iter()
+            .flat_map(|l| l.asks.iter())
+            .flat_map(|a| a.buttons.iter().map(|(n, _)| *n))
+            .collect();
+        let mut numbers = Vec::with_capacity(3);
+        while numbers.len() < 3 {
+            let n = random_number(10, 99)?;
+            if !taken.contains(&n) && !numbers.contains(&n) {
+                numbers.push(n);
+            }
+        }
+        let number = numbers[0];
         let mut asks = Vec::with_capacity(phones.len());
         for (phone, topic) in phones {
-            let mut numbers = vec![number];
-            while numbers.len() < 3 {
-                let decoy = random_number(10, 99)?;
-                if !numbers.contains(&decoy) {
-                    numbers.push(decoy);
-                }
-            }
-            shuffle(&mut numbers)?;
-            let buttons = numbers
+            let mut order = numbers.clone();
+            shuffle(&mut order)?;
+            let buttons = order
                 .into_iter()
                 .map(|n| Ok((n, random_hex(16)?)))
                 .collect::<Result<_, PushError>>()?;
@@ -344,15 +373,6 @@ impl Pushes {
                 buttons,
             });
         }
-
-        let mut book = self.book();
-        let pending = book.live.values().filter(|l| l.user == user).count();
-        if pending >= MAX_PENDING_PER_ACCOUNT {
-            return Err(PushError(format!(
-                "{pending} push requests for {user} are already waiting"
-            )));
-        }
-        Self::count_send(&mut book, user, now_unix, max_per_hour)?;
         book.next_id += 1;
         let id = book.next_id;
         for ask in &asks {
@@ -378,36 +398,6 @@ impl Pushes {
             },
         );
         Ok((Opened { id, number }, asks))
-    }
-
-    /// Counts one notification to `user`'s phones against the hourly limit
-    /// (a test notification too: the relay limits this host as a whole).
-    pub fn admit(&self, user: &str, now_unix: u64, max_per_hour: u32) -> Result<(), PushError> {
-        Self::count_send(&mut self.book(), user, now_unix, max_per_hour)
-    }
-
-    fn count_send(
-        book: &mut Book,
-        user: &str,
-        now_unix: u64,
-        max_per_hour: u32,
-    ) -> Result<(), PushError> {
-        if book.sent.len() > 4096 {
-            book.sent
-                .retain(|_, times| times.back().is_some_and(|t| t + 3600 > now_unix));
-        }
-        let sent = book.sent.entry(user.to_owned()).or_default();
-        while sent.front().is_some_and(|t| *t + 3600 <= now_unix) {
-            sent.pop_front();
-        }
-        if sent.len() >= max_per_hour as usize {
-            return Err(PushError(format!(
-                "{} pushes for {user} in the last hour; that is the limit",
-                sent.len()
-            )));
-        }
-        sent.push_back(now_unix);
-        Ok(())
     }
 
     /// Ends a push: later taps on it are stale.
@@ -515,6 +505,17 @@ impl Pushes {
         self.changed.notify_all();
     }
 
+    /// Since when the stream has been down; `None` while it is up.
+    pub fn down_since(&self) -> Option<Instant> {
+        self.book().down_since
+    }
+
+    /// The stream failed; it has been down since `since`.
+    pub fn set_relay_down_since(&self, since: Instant) {
+        self.book().down_since = Some(since);
+        self.changed.notify_all();
+    }
+
     /// How long the response stream has been down, if it is.
     pub fn relay_down_for(&self) -> Option<Duration> {
         self.book().down_since.map(|since| since.elapsed())
@@ -576,9 +577,7 @@ mod tests {
             ("Pixel".to_owned(), "t1".to_owned()),
             ("iPhone".to_owned(), "t2".to_owned()),
         ];
-        pushes
-            .open(user, &phones, Duration::from_secs(60), 1000, 10)
-            .unwrap()
+        pushes.open(user, &phones, Duration::from_secs(60)).unwrap()
     }
 
     fn button(ask: &Ask, right: bool, number: u8) -> Zeroizing<String> {
@@ -671,19 +670,29 @@ mod tests {
     }
 
     #[test]
-    fn pending_and_hourly_limits_per_account() {
-        let pushes = Pushes::default();
-        let phones = [("Pixel".to_owned(), "t".to_owned())];
-        let open = |user: &str, now| pushes.open(user, &phones, Duration::from_secs(60), now, 3);
-        let (a, _) = open("alice", 1000).unwrap();
-        let (_b, _) = open("alice", 1001).unwrap();
-        assert!(open("alice", 1002).is_err(), "two are waiting already");
-        assert!(open("bob", 1002).is_ok(), "limits are per account");
-        pushes.close(a.id);
-        let (c, _) = open("alice", 1003).unwrap();
-        pushes.close(c.id);
-        assert!(open("alice", 1004).is_err(), "three in the hour");
-        assert!(open("alice", 1000 + 3600).is_ok(), "a new hour");
+    fn two_pending_per_account_and_no_number_shared_between_them() {
+        for _ in 0..200 {
+            let pushes = Pushes::default();
+            let (a, a_asks) = open(&pushes, "alice");
+            let (_, b_asks) = open(&pushes, "alice");
+            let numbers = |asks: &[Ask]| -> HashSet<u8> {
+                asks.iter()
+                    .flat_map(|a| a.buttons.iter().map(|(n, _)| *n))
+                    .collect()
+            };
+            assert_eq!(numbers(&a_asks).len(), 3, "the same three on every phone");
+            assert!(numbers(&a_asks).is_disjoint(&numbers(&b_asks)));
+            let phones = [("Pixel".to_owned(), "t".to_owned())];
+            let third = pushes.open("alice", &phones, Duration::from_secs(60));
+            assert!(third.is_err(), "two are waiting already");
+            assert!(pushes.open("bob", &phones, Duration::from_secs(60)).is_ok());
+            pushes.close(a.id);
+            assert!(
+                pushes
+                    .open("alice", &phones, Duration::from_secs(60))
+                    .is_ok()
+            );
+        }
     }
 
     #[test]

@@ -24,8 +24,12 @@ pub const MAX_USER_CONNECTIONS: usize = 48;
 /// local user holding connections open cannot crowd out everybody's logins.
 pub const MAX_PER_UID: usize = 4;
 /// Connections served at once in all; root (sshd, sudo, login) always has
-/// room beyond what other uids can take.
-pub const MAX_CONNECTIONS: usize = 128;
+/// room beyond what other uids can take. A login waiting for its push
+/// holds one, so this is also the bound on pushes waiting at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Each connection's thread: enough for the deepest request (SQLite, TLS
+/// to the relay or the mail server), small enough for a thousand.
+const THREAD_STACK: usize = 512 * 1024;
 /// The whole exchange with one client, from accept to the last byte sent.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -123,6 +127,7 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
         let service = Arc::clone(&service);
         let spawned = std::thread::Builder::new()
             .name("client".into())
+            .stack_size(THREAD_STACK)
             .spawn(move || {
                 serve_one(stream, uid, &service);
                 drop(slot);

@@ -4,6 +4,7 @@
 //! uid only for its own. Every refusal and every decision is audited.
 //! Logins are here; account management is in `account`, email in `email`.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,28 +31,96 @@ pub trait Accounts: Send + Sync {
     fn gids_of(&self, user: &str) -> Option<Vec<u32>>;
 }
 
-pub struct Nss;
+/// NSS with a short memory: a login asks it several times, and LDAP, SSSD
+/// or systemd-userdb may each take milliseconds, more for names they do not
+/// know. An answer is reused for [`Nss::TTL`], so a change to an account or
+/// its groups counts within that time.
+#[derive(Default)]
+pub struct Nss {
+    cache: Mutex<NssCache>,
+}
+
+#[derive(Default)]
+struct NssCache {
+    uids: HashMap<String, (std::time::Instant, Option<u32>)>,
+    names: HashMap<u32, (std::time::Instant, Option<String>)>,
+    gids: HashMap<String, (std::time::Instant, Option<Vec<u32>>)>,
+}
+
+impl Nss {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Entries per table; a full table starts again empty.
+    const MAX_ENTRIES: usize = 50_000;
+
+    fn cached<K, V>(
+        &self,
+        table: impl Fn(&mut NssCache) -> &mut HashMap<K, (std::time::Instant, V)>,
+        key: K,
+        look_up: impl FnOnce() -> V,
+    ) -> V
+    where
+        K: std::hash::Hash + Eq,
+        V: Clone,
+    {
+        let now = std::time::Instant::now();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, value)) = table(&mut cache).get(&key)
+                && now.duration_since(*at) < Self::TTL
+            {
+                return value.clone();
+            }
+        }
+        // Looked up without the lock: a slow directory delays one login.
+        let value = look_up();
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = table(&mut cache);
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (now, value.clone()));
+        value
+    }
+}
 
 impl Accounts for Nss {
     fn uid_of(&self, user: &str) -> Option<u32> {
-        nix::unistd::User::from_name(user)
-            .ok()
-            .flatten()
-            .map(|u| u.uid.as_raw())
+        self.cached(
+            |c| &mut c.uids,
+            user.to_owned(),
+            || {
+                nix::unistd::User::from_name(user)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.uid.as_raw())
+            },
+        )
     }
 
     fn name_of(&self, uid: u32) -> Option<String> {
-        nix::unistd::User::from_uid(uid.into())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
+        self.cached(
+            |c| &mut c.names,
+            uid,
+            || {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            },
+        )
     }
 
     fn gids_of(&self, user: &str) -> Option<Vec<u32>> {
-        let entry = nix::unistd::User::from_name(user).ok().flatten()?;
-        let name = std::ffi::CString::new(user).ok()?;
-        let gids = nix::unistd::getgrouplist(&name, entry.gid).ok()?;
-        Some(gids.into_iter().map(|g| g.as_raw()).collect())
+        self.cached(
+            |c| &mut c.gids,
+            user.to_owned(),
+            || {
+                let entry = nix::unistd::User::from_name(user).ok().flatten()?;
+                let name = std::ffi::CString::new(user).ok()?;
+                let gids = nix::unistd::getgrouplist(&name, entry.gid).ok()?;
+                Some(gids.into_iter().map(|g| g.as_raw()).collect())
+            },
+        )
     }
 }
 
@@ -223,10 +292,11 @@ impl Service {
         refusal: Refusal,
     ) -> Response {
         if let Some((result, reason)) = refusal.audit {
-            let method = if login.is_some() {
-                Method::AppCode
-            } else {
-                Method::Manage
+            let method = match op {
+                "push_start" => Method::Push,
+                "send_email_code" => Method::EmailCode,
+                _ if login.is_some() => Method::AppCode,
+                _ => Method::Manage,
             };
             let login = login.unwrap_or_else(|| LoginContext {
                 user: String::new(),
@@ -795,6 +865,21 @@ impl Service {
         reason: DenyReason,
         now: u64,
     ) -> Result<Response, Refusal> {
+        self.refuse_noting(peer_uid, login, method, reason, now, None, "")
+    }
+
+    /// [`Service::refuse_code`], with the phone and a note for the audit line.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_noting(
+        &self,
+        peer_uid: u32,
+        login: &LoginContext,
+        method: Method,
+        reason: DenyReason,
+        now: u64,
+        phone: Option<&str>,
+        note: &str,
+    ) -> Result<Response, Refusal> {
         let lockout = &self.config.lockout;
         let counted =
             self.store
@@ -817,7 +902,12 @@ impl Service {
                 )
             }
         };
-        self.audit_login(login, peer_uid, method, None, Outcome::Deny, &why);
+        let why = if note.is_empty() {
+            why
+        } else {
+            format!("{note}; {why}")
+        };
+        self.audit_login(login, peer_uid, method, phone, Outcome::Deny, &why);
         Ok(answer)
     }
 
@@ -885,6 +975,7 @@ fn phone_info(phone: &PhoneRecord) -> PhoneInfo {
         confirmed: phone.confirmed,
         created: phone.created,
         last_used: phone.last_used,
+        push: phone.push_topic.is_some(),
     }
 }
 

@@ -89,6 +89,8 @@ pub trait Store: Send + Sync {
     /// Confirms a pending phone, claiming the step of the code that confirmed
     /// it; only while its secret is still the one the code was checked against.
     fn confirm_phone(&self, id: i64, secret: &str, step: u64) -> StoreResult<bool>;
+    /// Notes a login approved with this phone.
+    fn mark_used(&self, user: &str, name: &str, now: u64) -> StoreResult<()>;
     /// Gives a pending phone its push topic.
     fn set_push_topic(&self, user: &str, name: &str, topic: &str) -> StoreResult<()>;
     /// A value kept under `key`, or `value` kept there now if none was.
@@ -129,6 +131,9 @@ pub trait Store: Send + Sync {
     /// Counts a mail sent to `user` and returns how many went out since `since`.
     fn mails_since(&self, user: &str, since: u64) -> StoreResult<u32>;
     fn record_mail(&self, user: &str, now: u64) -> StoreResult<()>;
+    /// Pushes (and test notifications) sent to the account's phones since then.
+    fn pushes_since(&self, user: &str, since: u64) -> StoreResult<Vec<u64>>;
+    fn record_push(&self, user: &str, now: u64) -> StoreResult<()>;
 
     /// Replaces the account's backup codes with these hashes.
     fn replace_backup_codes(&self, user: &str, hashes: &[String]) -> StoreResult<()>;
@@ -186,6 +191,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE disabled (user TEXT PRIMARY KEY, since INTEGER NOT NULL, by_root INTEGER NOT NULL);",
     // 4: each phone's push topic.
     "ALTER TABLE phones ADD COLUMN push_topic TEXT;",
+    // 5: expired failures and mail records are swept by time; pushes sent,
+    // for the hourly limit.
+    "CREATE INDEX failures_by_time ON failures (at);
+    CREATE INDEX mails_sent_by_time ON mails_sent (at);
+    CREATE TABLE pushes_sent (user TEXT NOT NULL, at INTEGER NOT NULL);
+    CREATE INDEX pushes_sent_by_user ON pushes_sent (user, at);
+    CREATE INDEX pushes_sent_by_time ON pushes_sent (at);",
 ];
 
 /// What an emailed code is for.
@@ -248,7 +260,14 @@ impl SqliteStore {
         let db = Connection::open(&file)?;
         db.busy_timeout(Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
+        // Commits reach the OS at once and the disk at the next checkpoint
+        // (or `flush`): a killed daemon loses nothing, a power cut may lose
+        // the last seconds of used steps and failure counts. Enrollment
+        // changes are flushed as they are made.
+        db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "foreign_keys", true)?;
+        // Every statement of the login path stays prepared.
+        db.set_prepared_statement_cache_capacity(64);
         let store = SqliteStore { db: Mutex::new(db) };
         store.migrate()?;
         store.check_identity(&state_dir.join(Self::ID_FILE))?;
@@ -262,9 +281,8 @@ impl SqliteStore {
     fn check_identity(&self, id_file: &Path) -> StoreResult<()> {
         let db = self.lock()?;
         let stored: Option<String> = db
-            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |row| {
-                row.get(0)
-            })
+            .prepare_cached("SELECT value FROM meta WHERE key = 'store_id'")?
+            .query_row([], |row| row.get(0))
             .optional()?;
         let expected = match std::fs::read_to_string(id_file) {
             Ok(text) => Some(text.trim().to_owned()),
@@ -294,10 +312,8 @@ impl SqliteStore {
                             path: id_file.to_owned(),
                             source: err,
                         })?;
-                        db.execute(
-                            "INSERT INTO meta (key, value) VALUES ('store_id', ?1)",
-                            [&id],
-                        )?;
+                        db.prepare_cached("INSERT INTO meta (key, value) VALUES ('store_id', ?1)")?
+                            .execute([&id])?;
                         id
                     }
                 };
@@ -388,13 +404,14 @@ impl Store for SqliteStore {
 
     fn put_pending_phone(&self, user: &str, name: &str, secret: &str, now: u64) -> StoreResult<()> {
         let db = self.lock()?;
-        let changed = db.execute(
-            "INSERT INTO phones (user, name, secret, created) VALUES (?1, ?2, ?3, ?4)
+        let changed = db
+            .prepare_cached(
+                "INSERT INTO phones (user, name, secret, created) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (user, name) DO UPDATE SET secret = excluded.secret,
                  created = excluded.created
              WHERE confirmed = 0",
-            params![user, name, secret, now as i64],
-        )?;
+            )?
+            .execute(params![user, name, secret, now as i64])?;
         if changed == 0 {
             Err(StoreError::Exists)
         } else {
@@ -402,35 +419,41 @@ impl Store for SqliteStore {
         }
     }
 
+    fn mark_used(&self, user: &str, name: &str, now: u64) -> StoreResult<()> {
+        let db = self.lock()?;
+        db.prepare_cached("UPDATE phones SET last_used = ?3 WHERE user = ?1 AND name = ?2")?
+            .execute(params![user, name, now as i64])?;
+        Ok(())
+    }
+
     fn set_push_topic(&self, user: &str, name: &str, topic: &str) -> StoreResult<()> {
         let db = self.lock()?;
-        db.execute(
+        db.prepare_cached(
             "UPDATE phones SET push_topic = ?3 WHERE user = ?1 AND name = ?2 AND confirmed = 0",
-            params![user, name, topic],
-        )?;
+        )?
+        .execute(params![user, name, topic])?;
         Ok(())
     }
 
     fn meta_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
         let db = self.lock()?;
-        db.execute(
+        db.prepare_cached(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-            params![key, value],
-        )?;
-        Ok(
-            db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
-                row.get(0)
-            })?,
-        )
+        )?
+        .execute(params![key, value])?;
+        Ok(db
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |row| row.get(0))?)
     }
 
     fn confirm_phone(&self, id: i64, secret: &str, step: u64) -> StoreResult<bool> {
         let db = self.lock()?;
-        let changed = db.execute(
-            "UPDATE phones SET confirmed = 1, last_step = ?2
+        let changed = db
+            .prepare_cached(
+                "UPDATE phones SET confirmed = 1, last_step = ?2
              WHERE id = ?1 AND confirmed = 0 AND secret = ?3",
-            params![id, step as i64, secret],
-        )?;
+            )?
+            .execute(params![id, step as i64, secret])?;
         Ok(changed == 1)
     }
 
@@ -442,20 +465,20 @@ impl Store for SqliteStore {
 
     fn remove_phone(&self, user: &str, name: &str) -> StoreResult<bool> {
         let db = self.lock()?;
-        let changed = db.execute(
-            "DELETE FROM phones WHERE user = ?1 AND name = ?2",
-            params![user, name],
-        )?;
+        let changed = db
+            .prepare_cached("DELETE FROM phones WHERE user = ?1 AND name = ?2")?
+            .execute(params![user, name])?;
         Ok(changed == 1)
     }
 
     fn claim_step(&self, id: i64, step: u64, now: u64) -> StoreResult<bool> {
         let db = self.lock()?;
-        let changed = db.execute(
-            "UPDATE phones SET last_step = ?2, last_used = ?3
+        let changed = db
+            .prepare_cached(
+                "UPDATE phones SET last_step = ?2, last_used = ?3
              WHERE id = ?1 AND confirmed = 1 AND last_step < ?2",
-            params![id, step as i64, now as i64],
-        )?;
+            )?
+            .execute(params![id, step as i64, now as i64])?;
         Ok(changed == 1)
     }
 
@@ -469,24 +492,22 @@ impl Store for SqliteStore {
         let mut db = self.lock()?;
         let tx = db.transaction()?;
         let since = since(now, window);
-        tx.execute("DELETE FROM failures WHERE at <= ?1", [since])?;
-        tx.execute(
-            "INSERT INTO failures (user, at) VALUES (?1, ?2)",
-            params![user, now as i64],
-        )?;
-        let count: i64 = tx.query_row(
-            "SELECT count(*) FROM failures WHERE user = ?1 AND at > ?2",
-            params![user, since],
-            |row| row.get(0),
-        )?;
+        tx.prepare_cached("DELETE FROM failures WHERE at <= ?1")?
+            .execute([since])?;
+        tx.prepare_cached("INSERT INTO failures (user, at) VALUES (?1, ?2)")?
+            .execute(params![user, now as i64])?;
+        let count: i64 = tx
+            .prepare_cached("SELECT count(*) FROM failures WHERE user = ?1 AND at > ?2")?
+            .query_row(params![user, since], |row| row.get(0))?;
         let locked = if count >= i64::from(max) {
             let until = now + window.as_secs();
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO lockouts (user, until) VALUES (?1, ?2)
                  ON CONFLICT (user) DO UPDATE SET until = excluded.until",
-                params![user, until as i64],
-            )?;
-            tx.execute("DELETE FROM failures WHERE user = ?1", [user])?;
+            )?
+            .execute(params![user, until as i64])?;
+            tx.prepare_cached("DELETE FROM failures WHERE user = ?1")?
+                .execute([user])?;
             Some(until)
         } else {
             None
@@ -497,28 +518,24 @@ impl Store for SqliteStore {
 
     fn recent_failures(&self, user: &str, now: u64, window: Duration) -> StoreResult<u32> {
         let db = self.lock()?;
-        let count: i64 = db.query_row(
-            "SELECT count(*) FROM failures WHERE user = ?1 AND at > ?2",
-            params![user, since(now, window)],
-            |row| row.get(0),
-        )?;
+        let count: i64 = db
+            .prepare_cached("SELECT count(*) FROM failures WHERE user = ?1 AND at > ?2")?
+            .query_row(params![user, since(now, window)], |row| row.get(0))?;
         Ok(count as u32)
     }
 
     fn clear_failures(&self, user: &str) -> StoreResult<()> {
         self.lock()?
-            .execute("DELETE FROM failures WHERE user = ?1", [user])?;
+            .prepare_cached("DELETE FROM failures WHERE user = ?1")?
+            .execute([user])?;
         Ok(())
     }
 
     fn locked_until(&self, user: &str, now: u64) -> StoreResult<Option<u64>> {
         let db = self.lock()?;
         let until: Option<i64> = db
-            .query_row(
-                "SELECT until FROM lockouts WHERE user = ?1 AND until > ?2",
-                params![user, now as i64],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT until FROM lockouts WHERE user = ?1 AND until > ?2")?
+            .query_row(params![user, now as i64], |row| row.get(0))
             .optional()?;
         Ok(until.map(|t| t as u64))
     }
@@ -526,8 +543,12 @@ impl Store for SqliteStore {
     fn unlock(&self, user: &str) -> StoreResult<()> {
         let mut db = self.lock()?;
         let tx = db.transaction()?;
-        tx.execute("DELETE FROM lockouts WHERE user = ?1", [user])?;
-        tx.execute("DELETE FROM failures WHERE user = ?1", [user])?;
+        tx.prepare_cached("DELETE FROM lockouts WHERE user = ?1")?
+            .execute([user])?;
+        tx.prepare_cached("DELETE FROM failures WHERE user = ?1")?
+            .execute([user])?;
+        tx.prepare_cached("DELETE FROM pushes_sent WHERE user = ?1")?
+            .execute([user])?;
         tx.commit()?;
         Ok(())
     }
@@ -535,25 +556,23 @@ impl Store for SqliteStore {
     fn email(&self, user: &str) -> StoreResult<Option<String>> {
         let db = self.lock()?;
         Ok(db
-            .query_row(
-                "SELECT address FROM emails WHERE user = ?1",
-                [user],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT address FROM emails WHERE user = ?1")?
+            .query_row([user], |row| row.get(0))
             .optional()?)
     }
 
     fn set_email(&self, user: &str, address: &str, now: u64) -> StoreResult<()> {
         let mut db = self.lock()?;
         let tx = db.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO emails (user, address, since) VALUES (?1, ?2, ?3)
              ON CONFLICT (user) DO UPDATE SET address = excluded.address, since = excluded.since",
-            params![user, address, now as i64],
-        )?;
+        )?
+        .execute(params![user, address, now as i64])?;
         // Codes mailed to the old address, or waiting to confirm another
         // one, end with this change.
-        tx.execute("DELETE FROM email_codes WHERE user = ?1", [user])?;
+        tx.prepare_cached("DELETE FROM email_codes WHERE user = ?1")?
+            .execute([user])?;
         tx.commit()?;
         Ok(())
     }
@@ -561,8 +580,11 @@ impl Store for SqliteStore {
     fn remove_email(&self, user: &str) -> StoreResult<bool> {
         let mut db = self.lock()?;
         let tx = db.transaction()?;
-        let removed = tx.execute("DELETE FROM emails WHERE user = ?1", [user])?;
-        tx.execute("DELETE FROM email_codes WHERE user = ?1", [user])?;
+        let removed = tx
+            .prepare_cached("DELETE FROM emails WHERE user = ?1")?
+            .execute([user])?;
+        tx.prepare_cached("DELETE FROM email_codes WHERE user = ?1")?
+            .execute([user])?;
         tx.commit()?;
         Ok(removed == 1)
     }
@@ -573,66 +595,65 @@ impl Store for SqliteStore {
         purpose: CodePurpose,
         code: &EmailCode,
     ) -> StoreResult<()> {
-        self.lock()?.execute(
-            "INSERT INTO email_codes (user, purpose, code, address, expires)
+        self.lock()?
+            .prepare_cached(
+                "INSERT INTO email_codes (user, purpose, code, address, expires)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (user, purpose) DO UPDATE SET code = excluded.code,
                  address = excluded.address, expires = excluded.expires",
-            params![
+            )?
+            .execute(params![
                 user,
                 purpose.as_str(),
                 code.code.as_str(),
                 code.address,
                 code.expires as i64
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
     fn email_code(&self, user: &str, purpose: CodePurpose) -> StoreResult<Option<EmailCode>> {
         let db = self.lock()?;
         Ok(db
-            .query_row(
+            .prepare_cached(
                 "SELECT code, address, expires FROM email_codes WHERE user = ?1 AND purpose = ?2",
-                params![user, purpose.as_str()],
-                |row| {
-                    Ok(EmailCode {
-                        code: Zeroizing::new(row.get(0)?),
-                        address: row.get(1)?,
-                        expires: row.get::<_, i64>(2)? as u64,
-                    })
-                },
-            )
+            )?
+            .query_row(params![user, purpose.as_str()], |row| {
+                Ok(EmailCode {
+                    code: Zeroizing::new(row.get(0)?),
+                    address: row.get(1)?,
+                    expires: row.get::<_, i64>(2)? as u64,
+                })
+            })
             .optional()?)
     }
 
     fn take_email_code(&self, user: &str, purpose: CodePurpose, code: &str) -> StoreResult<bool> {
-        let changed = self.lock()?.execute(
-            "DELETE FROM email_codes WHERE user = ?1 AND purpose = ?2 AND code = ?3",
-            params![user, purpose.as_str(), code],
-        )?;
+        let changed = self
+            .lock()?
+            .prepare_cached(
+                "DELETE FROM email_codes WHERE user = ?1 AND purpose = ?2 AND code = ?3",
+            )?
+            .execute(params![user, purpose.as_str(), code])?;
         Ok(changed == 1)
     }
 
     fn mails_since(&self, user: &str, since: u64) -> StoreResult<u32> {
         let db = self.lock()?;
-        let count: i64 = db.query_row(
-            "SELECT count(*) FROM mails_sent WHERE user = ?1 AND at > ?2",
-            params![user, since as i64],
-            |row| row.get(0),
-        )?;
+        let count: i64 = db
+            .prepare_cached("SELECT count(*) FROM mails_sent WHERE user = ?1 AND at > ?2")?
+            .query_row(params![user, since as i64], |row| row.get(0))?;
         Ok(count as u32)
     }
 
     fn replace_backup_codes(&self, user: &str, hashes: &[String]) -> StoreResult<()> {
         let mut db = self.lock()?;
         let tx = db.transaction()?;
-        tx.execute("DELETE FROM backup_codes WHERE user = ?1", [user])?;
+        tx.prepare_cached("DELETE FROM backup_codes WHERE user = ?1")?
+            .execute([user])?;
         for hash in hashes {
-            tx.execute(
-                "INSERT INTO backup_codes (user, hash) VALUES (?1, ?2)",
-                params![user, hash],
-            )?;
+            tx.prepare_cached("INSERT INTO backup_codes (user, hash) VALUES (?1, ?2)")?
+                .execute(params![user, hash])?;
         }
         tx.commit()?;
         Ok(())
@@ -649,23 +670,21 @@ impl Store for SqliteStore {
     fn disabled(&self, user: &str) -> StoreResult<Option<bool>> {
         let db = self.lock()?;
         Ok(db
-            .query_row(
-                "SELECT by_root FROM disabled WHERE user = ?1",
-                [user],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT by_root FROM disabled WHERE user = ?1")?
+            .query_row([user], |row| row.get(0))
             .optional()?)
     }
 
     fn set_disabled(&self, user: &str, by_root: Option<bool>, now: u64) -> StoreResult<()> {
         let db = self.lock()?;
         match by_root {
-            Some(by_root) => db.execute(
-                "INSERT INTO disabled (user, since, by_root) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user) DO UPDATE SET since = excluded.since, by_root = excluded.by_root",
+            Some(by_root) => db.prepare_cached("INSERT INTO disabled (user, since, by_root) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user) DO UPDATE SET since = excluded.since, by_root = excluded.by_root")?
+            .execute(
                 params![user, now as i64, by_root],
             )?,
-            None => db.execute("DELETE FROM disabled WHERE user = ?1", [user])?,
+            None => db.prepare_cached("DELETE FROM disabled WHERE user = ?1")?
+            .execute( [user])?,
         };
         Ok(())
     }
@@ -689,10 +708,10 @@ impl Store for SqliteStore {
     }
 
     fn use_backup_code(&self, id: i64, now: u64) -> StoreResult<bool> {
-        let changed = self.lock()?.execute(
-            "UPDATE backup_codes SET used = ?2 WHERE id = ?1 AND used IS NULL",
-            params![id, now as i64],
-        )?;
+        let changed = self
+            .lock()?
+            .prepare_cached("UPDATE backup_codes SET used = ?2 WHERE id = ?1 AND used IS NULL")?
+            .execute(params![id, now as i64])?;
         Ok(changed == 1)
     }
 
@@ -700,14 +719,31 @@ impl Store for SqliteStore {
         let mut db = self.lock()?;
         let tx = db.transaction()?;
         // A day of history is all any limit looks at.
-        tx.execute(
-            "DELETE FROM mails_sent WHERE at < ?1",
-            [now.saturating_sub(86_400) as i64],
-        )?;
-        tx.execute(
-            "INSERT INTO mails_sent (user, at) VALUES (?1, ?2)",
-            params![user, now as i64],
-        )?;
+        tx.prepare_cached("DELETE FROM mails_sent WHERE at < ?1")?
+            .execute([now.saturating_sub(86_400) as i64])?;
+        tx.prepare_cached("INSERT INTO mails_sent (user, at) VALUES (?1, ?2)")?
+            .execute(params![user, now as i64])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn pushes_since(&self, user: &str, since: u64) -> StoreResult<Vec<u64>> {
+        let db = self.lock()?;
+        let mut query = db
+            .prepare_cached("SELECT at FROM pushes_sent WHERE user = ?1 AND at > ?2 ORDER BY at")?;
+        let rows = query.query_map(params![user, since as i64], |row| {
+            Ok(row.get::<_, i64>(0)? as u64)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_push(&self, user: &str, now: u64) -> StoreResult<()> {
+        let mut db = self.lock()?;
+        let tx = db.transaction()?;
+        tx.prepare_cached("DELETE FROM pushes_sent WHERE at < ?1")?
+            .execute([now.saturating_sub(86_400) as i64])?;
+        tx.prepare_cached("INSERT INTO pushes_sent (user, at) VALUES (?1, ?2)")?
+            .execute(params![user, now as i64])?;
         tx.commit()?;
         Ok(())
     }

@@ -49,6 +49,11 @@ pub fn check(secret_b32: &str, code: &str, now: u64, skew: u8, last_step: u64) -
     }
 }
 
+/// The code an app shows at `unix` (for benchmarks and tools).
+pub fn code_at(secret_b32: &str, unix: u64) -> Option<String> {
+    Some(totp(secret_b32, "")?.generate(unix).to_string())
+}
+
 /// The `otpauth://` URI that an app scans to add the account.
 pub fn otpauth_uri(secret_b32: &str, account: &str) -> Option<Zeroizing<String>> {
     let totp = totp(secret_b32, account)?;

@@ -256,7 +256,7 @@ fn relay_down_at_the_start_leaves_the_code() {
         "{}",
         s.explain(&login)
     );
-    assert!(s.audit_has(&["method=push", "result=deny", "no push"]));
+    assert!(s.audit_has(&["method=push", "result=failed", "no push"]));
 }
 
 #[test]
@@ -414,4 +414,56 @@ fn sshds_second_method_takes_up_the_push_of_the_first() {
             s.daemon.log()
         );
     });
+}
+
+/// A decoy tap says the login is not the user's: a code typed afterwards
+/// (by whoever has it) does not save it.
+#[test]
+fn a_decoy_tap_then_a_code_is_still_refused() {
+    let s = setup("decoy", "30s", "");
+    let (secret, phone) = s.phone("Pixel 8");
+    // The askpass answers the push prompt with the code, after the tap.
+    let code = oathtool(&secret, "now");
+    let askpass = s.dir.join("askpass");
+    std::thread::scope(|scope| {
+        let login = scope.spawn(|| s.ssh("wait-for-tap", ""));
+        let note = note_within(&phone);
+        let number = s.shown_number();
+        note.tap(&note.decoy(&number));
+        s.wait_audit(&["possible attack"]);
+        std::fs::write(askpass.join("push-ready"), &code).unwrap();
+        let login = login.join().unwrap();
+        assert!(!login.status.success(), "{}", s.explain(&login));
+        assert!(
+            !s.audit_has(&["method=app-code", "result=allow"]),
+            "{}",
+            s.daemon.log()
+        );
+    });
+}
+
+#[test]
+fn the_hourly_push_limit_survives_a_restart_and_unlock_clears_it() {
+    let mut s = setup("limit", "30s", "max_per_hour = 1");
+    let (_, _phone) = s.phone("Pixel 8");
+    let test = |s: &Setup| {
+        s.daemon
+            .cli(&["--user", &s.user.name, "phone", "test", "Pixel 8"])
+    };
+    assert!(test(&s).status.success());
+    let again = test(&s);
+    assert_eq!(again.status.code(), Some(10), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("the next may go at"),
+        "{again:?}"
+    );
+    s.daemon.restart();
+    assert_eq!(
+        test(&s).status.code(),
+        Some(10),
+        "still counted after a restart"
+    );
+    let unlock = s.daemon.cli(&["--user", &s.user.name, "unlock"]);
+    assert!(unlock.status.success());
+    assert!(test(&s).status.success(), "unlock clears the count");
 }

@@ -596,7 +596,7 @@ fn print_status(status: &AccountStatus) {
             when(until)
         ),
         None => println!(
-            "  Not locked out: {} wrong code(s) recently; {} lock the account.",
+            "  Not locked out: {} failed attempt(s) recently; {} lock the account.",
             status.recent_failures, status.max_failures
         ),
     }
@@ -613,8 +613,9 @@ fn describe_phone(phone: &PhoneInfo) -> String {
         || "never used".to_owned(),
         |t| format!("last used {}", when(t)),
     );
+    let push = if phone.push { ", push" } else { "" };
     format!(
-        "{:<20} enrolled {}, {used}",
+        "{:<20} enrolled {}, {used}{push}",
         phone.name,
         when(phone.created)
     )

@@ -55,6 +55,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    raise_file_limit();
+
     // Everything smartsignd creates is its own alone; the socket is opened
     // up explicitly in server::bind.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -111,8 +113,8 @@ fn main() -> ExitCode {
         config,
         policy,
         Box::new(store),
-        Box::new(Syslog::new(true)),
-        Box::new(Nss),
+        Box::new(Syslog::new(!stderr_is_the_journal())),
+        Box::new(Nss::default()),
         system_clock(),
         hostname,
         mailer,
@@ -149,6 +151,46 @@ fn main() -> ExitCode {
     let err = server::serve(listener, service);
     smartsignd::say!("stopped: {err}");
     ExitCode::FAILURE
+}
+
+/// A connection per login in progress (up to server::MAX_CONNECTIONS, each
+/// push holding one while it waits): raise the soft limit on open files
+/// toward the hard one, which systemd sets high.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max.min(8192);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    limit.rlim_cur = wanted;
+    // SAFETY: `limit` is a valid rlimit, its soft value within the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+        smartsignd::say!("cannot raise the open-file limit to {wanted}");
+    }
+}
+
+/// Under systemd, stderr goes to the journal, which gets the audit lines
+/// from syslog already: `JOURNAL_STREAM` names stderr's device and inode then.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// The relay with its token, and the response topic: the configured one,

@@ -83,8 +83,15 @@ impl Service {
             }
             Err(err) => return Err(err.into()),
         }
-        let (topic, push_url) = self.new_push_topic()?;
-        self.store.set_push_topic(user, name, &topic)?;
+        // A topic only where push is on: a phone is never told of one it
+        // did not get to follow.
+        let push_url = match self.new_push_topic()? {
+            Some((topic, url)) => {
+                self.store.set_push_topic(user, name, &topic)?;
+                Some(url)
+            }
+            None => None,
+        };
         self.audit_manage(
             peer_uid,
             user,
@@ -376,8 +383,7 @@ impl Service {
         let by_address = phones.is_empty() && self.email_only_enrolled(user)?;
         match (phones.len(), policy.skip_allowed(now as i64)) {
             (0, _) if by_address => lines.push(
-                "no phone, a confirmed address (email_only): a code is mailed at each login"
-                    .into(),
+                "no phone, a confirmed address (email_only): a code is mailed at each login".into(),
             ),
             (0, Some(deadline)) => {
                 lines.push(format!("no phone: may log in without one until {deadline}"))
@@ -391,7 +397,14 @@ impl Service {
                 policy.unenrolled
             )),
             (n, skip) => {
-                lines.push(format!("{n} phone(s): asked for a code"));
+                let pushed = phones.iter().filter(|p| p.push_topic.is_some()).count();
+                if self.push.is_some() && pushed > 0 {
+                    lines.push(format!(
+                        "{n} phone(s): a push to {pushed} of them, or a code"
+                    ));
+                } else {
+                    lines.push(format!("{n} phone(s): asked for a code"));
+                }
                 if let Some(deadline) = skip {
                     lines.push(format!("may answer s to skip until {deadline}"));
                 }

@@ -14,6 +14,9 @@ use crate::audit::{Method, Outcome};
 use crate::config::PushConfig;
 use crate::push::{Answer, Notification, PushError, Pushes, Relay, Tap, new_topic};
 
+/// How [`Relay::publish`] words a refusal by the relay.
+const REFUSED: &str = " refused the notification";
+
 /// How often a waiting push looks at its connection.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a push's connection is kept after the push has ended, for
@@ -49,6 +52,9 @@ struct Verdict {
     /// Written when the module collects it (an approval may yet be
     /// withdrawn by a code typed instead).
     audit: Option<(Outcome, String, Option<String>)>,
+    /// The login is refused whatever the user types next (a decoy was
+    /// tapped: the user said this login is not theirs).
+    binding: bool,
 }
 
 impl Service {
@@ -78,6 +84,8 @@ impl Service {
                     if let Some(setup) = &self.push {
                         setup.pushes.close(id);
                     }
+                    let why = "withdrawn: the login stopped waiting before the push went out";
+                    self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, why);
                     return;
                 }
                 let Some(setup) = &self.push else { return };
@@ -104,6 +112,10 @@ impl Service {
                 Next::Request(Request::PushWait) => waiting = true,
                 Next::Request(Request::PushCancel) => {
                     pushes.close(opened);
+                    if let Some(done) = verdict.take_if(|v| v.binding) {
+                        link.send(done.response);
+                        return;
+                    }
                     let why = match &verdict {
                         Some(Verdict { audit: Some(_), .. }) => {
                             "approved on the phone, but the user answered otherwise"
@@ -119,6 +131,10 @@ impl Service {
                 }
                 Next::Request(other) => {
                     pushes.close(opened);
+                    if verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
+                        let why = format!("withdrawn: {} cannot follow push_start", other.op());
+                        self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, &why);
+                    }
                     link.send(Response::error(
                         ErrorKind::BadRequest,
                         format!("{} cannot follow push_start", other.op()),
@@ -175,16 +191,21 @@ impl Service {
                             "approved on the phone, but the account is locked out".into(),
                             Some(phone),
                         )),
+                        binding: false,
                     });
                 }
                 if let Err(err) = self.store.clear_failures(&login.user) {
                     crate::say!("clearing failures of {}: {err}", login.user);
+                }
+                if let Err(err) = self.store.mark_used(&login.user, &phone, now) {
+                    crate::say!("noting the use of {phone:?}: {err}");
                 }
                 Some(Verdict {
                     response: Response::Allow {
                         phone: phone.clone(),
                     },
                     audit: Some((Outcome::Allow, "approved on the phone".into(), Some(phone))),
+                    binding: false,
                 })
             }
             Some(Answer::WrongNumber { phone, tapped }) => {
@@ -192,16 +213,23 @@ impl Service {
                 // may be guessing, or tricking the user into tapping.
                 let _one_at_a_time = self.account_lock(&login.user);
                 let reason = DenyReason::WrongNumber;
+                let note =
+                    format!("possible attack: {tapped} tapped, not the number the login showed");
                 let response = self
-                    .refuse_code(peer_uid, login, Method::Push, reason, now)
+                    .refuse_noting(
+                        peer_uid,
+                        login,
+                        Method::Push,
+                        reason,
+                        now,
+                        Some(&phone),
+                        &note,
+                    )
                     .unwrap_or(Response::Deny { reason });
-                let why = format!(
-                    "possible attack: {tapped} tapped on {phone:?}, not the number the login showed"
-                );
-                self.audit_push(login, peer_uid, Some(&phone), Outcome::Deny, &why);
                 Some(Verdict {
                     response,
                     audit: None,
+                    binding: true,
                 })
             }
             None if pushes.expired(id) => {
@@ -212,6 +240,7 @@ impl Service {
                         reason: DenyReason::NoAnswer,
                     },
                     audit: None,
+                    binding: false,
                 })
             }
             None => match pushes.relay_down_for() {
@@ -220,10 +249,11 @@ impl Service {
                         "the push relay has been unreachable for {} s",
                         down.as_secs()
                     );
-                    self.audit_push(login, peer_uid, None, Outcome::Withdrawn, &why);
+                    self.audit_push(login, peer_uid, None, Outcome::Failed, &why);
                     Some(Verdict {
                         response: Response::error(ErrorKind::PushFailed, why),
                         audit: None,
+                        binding: false,
                     })
                 }
                 _ => None,
@@ -282,23 +312,26 @@ impl Service {
                     &login,
                     peer_uid,
                     None,
-                    Outcome::Deny,
+                    Outcome::Failed,
                     &format!("no push: {why}"),
                 );
                 return Started::Answer(Response::error(ErrorKind::PushFailed, why));
             }
-            let config = &setup.config;
-            match setup.pushes.open(
-                &login.user,
-                &targets,
-                config.timeout,
-                now,
-                config.max_per_hour,
-            ) {
+            let opened = match self.admit_push(&login.user, now) {
+                Ok(()) => setup
+                    .pushes
+                    .open(&login.user, &targets, setup.config.timeout),
+                Err(refusal) => {
+                    let why = format!("no push: {}", refusal.message);
+                    self.audit_push(&login, peer_uid, None, Outcome::Failed, &why);
+                    return Started::Answer(Response::error(refusal.kind, refusal.message));
+                }
+            };
+            match opened {
                 Ok(opened) => opened,
                 Err(PushError(why)) => {
                     let reason = format!("no push: {why}");
-                    self.audit_push(&login, peer_uid, None, Outcome::Deny, &reason);
+                    self.audit_push(&login, peer_uid, None, Outcome::Failed, &reason);
                     return Started::Answer(Response::error(ErrorKind::TooMany, why));
                 }
             }
@@ -360,13 +393,16 @@ impl Service {
                 &login,
                 peer_uid,
                 None,
-                Outcome::Deny,
+                Outcome::Failed,
                 &format!("no push: {why}"),
             );
-            return Started::Answer(Response::error(
-                ErrorKind::PushFailed,
-                "the push relay did not take the request",
-            ));
+            let refused = failures.iter().all(|f| f.contains(REFUSED));
+            let said = if refused {
+                "the push relay refused the request"
+            } else {
+                "the push relay cannot be reached"
+            };
+            return Started::Answer(Response::error(ErrorKind::PushFailed, said));
         }
         let mut why = format!(
             "push sent to {}; the login shows {}",
@@ -408,10 +444,7 @@ impl Service {
                     format!("{name:?} was enrolled before push; add it again to set it up"),
                 ));
             };
-            setup
-                .pushes
-                .admit(user, (self.clock)(), setup.config.max_per_hour)
-                .map_err(|PushError(why)| Refusal::quiet(ErrorKind::TooMany, why))?;
+            self.admit_push(user, (self.clock)())?;
             topic
         };
         let note = Notification {
@@ -440,17 +473,40 @@ impl Service {
         }
     }
 
+    /// Counts one notification to `user`'s phones against `max_per_hour`
+    /// (a test notification too: the relay limits this host as a whole).
+    /// Kept in the store, so that a restart does not reopen the way to
+    /// push fatigue; root's `unlock` forgets them.
+    fn admit_push(&self, user: &str, now: u64) -> Result<(), Refusal> {
+        let Some(setup) = &self.push else {
+            return Ok(());
+        };
+        let max = setup.config.max_per_hour as usize;
+        let sent = self.store.pushes_since(user, now.saturating_sub(3600))?;
+        if sent.len() >= max {
+            let next = sent.first().map_or(now, |t| t + 3600);
+            let why = format!(
+                "{} pushes for {user} in the last hour, the limit; the next may go at {}",
+                sent.len(),
+                time(next)
+            );
+            return Err(Refusal::quiet(ErrorKind::TooMany, why));
+        }
+        self.store.record_push(user, now)?;
+        Ok(())
+    }
+
     /// A fresh push topic for a phone being added, and its subscription
-    /// URL when push is set up.
-    pub(super) fn new_push_topic(&self) -> Result<(String, Option<String>), Refusal> {
+    /// URL; `None` when push is not set up.
+    pub(super) fn new_push_topic(&self) -> Result<Option<(String, String)>, Refusal> {
+        let Some(setup) = &self.push else {
+            return Ok(None);
+        };
         let topic = new_topic("smartsign-phone-").map_err(|PushError(why)| {
             Refusal::quiet(ErrorKind::Internal, format!("no push topic: {why}"))
         })?;
-        let url = self
-            .push
-            .as_ref()
-            .map(|setup| setup.relay.topic_url(&topic));
-        Ok((topic, url))
+        let url = setup.relay.topic_url(&topic);
+        Ok(Some((topic, url)))
     }
 
     /// Follows the response topic for as long as the daemon runs.
@@ -463,7 +519,14 @@ impl Service {
         let mut backoff = Duration::from_millis(250);
         let mut last_error = String::new();
         loop {
+            let down_before = setup.pushes.down_since();
+            let mut opened: Option<Instant> = None;
             let result = setup.relay.follow(since, &mut |event| {
+                opened.get_or_insert_with(Instant::now);
+                if event.event != "open" && !last_error.is_empty() {
+                    crate::say!("push answers: following the relay again");
+                    last_error.clear();
+                }
                 setup.pushes.set_relay_up(true);
                 backoff = Duration::from_millis(250);
                 since = since.max(event.time);
@@ -474,15 +537,24 @@ impl Service {
                     self.take_tap(message);
                 }
             });
-            setup.pushes.set_relay_up(false);
+            // A stream that breaks within seconds of opening (a relay that
+            // hangs up at once) does not count as the relay being back.
+            let flapped = opened.is_none_or(|at| at.elapsed() < Duration::from_secs(5));
+            let since_when = match down_before {
+                Some(before) if flapped => before,
+                _ => Instant::now(),
+            };
+            setup.pushes.set_relay_down_since(since_when);
             if let Err(PushError(err)) = result
                 && err != last_error
             {
                 crate::say!("push answers: {err}; trying again");
                 last_error = err;
             }
+            // Soon enough that a relay back after a restart is followed
+            // again within seconds, not so often that a dead one is hammered.
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = (backoff * 2).min(Duration::from_secs(4));
         }
     }
 
@@ -490,9 +562,7 @@ impl Service {
         let (user, phone, why) = match self.push.as_ref().map(|s| s.pushes.answer(message)) {
             None | Some(Tap::Answered) => return,
             Some(Tap::Unknown) => {
-                crate::say!(
-                    "push answers: ignored a message that answers no request of this daemon"
-                );
+                self.note_unknown_tap();
                 return;
             }
             Some(Tap::Stale { user, phone }) => (user, phone, "a tap on a push that has ended"),
@@ -507,11 +577,43 @@ impl Service {
         };
         let login = LoginContext {
             user,
-            service: "-".into(),
+            service: "smartsignd".into(),
             rhost: None,
             tty: None,
         };
         self.audit_login(&login, 0, Method::Push, Some(&phone), Outcome::Refused, why);
+    }
+
+    /// A message on the response topic that answers nothing this daemon
+    /// knows: a tap on a push sent before a restart, or junk from anyone
+    /// who can write to the topic. One audit line per ten seconds at most,
+    /// with the count, however many come.
+    fn note_unknown_tap(&self) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SINCE_LINE: AtomicU64 = AtomicU64::new(0);
+        static LAST_LINE: AtomicU64 = AtomicU64::new(0);
+        let count = SINCE_LINE.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = (self.clock)();
+        let last = LAST_LINE.load(Ordering::Relaxed);
+        if now < last + 10
+            || LAST_LINE
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        SINCE_LINE.fetch_sub(count, Ordering::Relaxed);
+        let login = LoginContext {
+            user: "-".into(),
+            service: "smartsignd".into(),
+            rhost: None,
+            tty: None,
+        };
+        let why = format!(
+            "{count} message(s) on the response topic answering no push of this daemon \
+             (sent before a restart, or not a tap); ignored"
+        );
+        self.audit_login(&login, 0, Method::Push, None, Outcome::Refused, &why);
     }
 
     fn audit_push(

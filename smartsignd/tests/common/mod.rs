@@ -479,8 +479,9 @@ pub fn ssh_with(
 }
 
 /// Logs in like [`ssh_with`]; `push` answers the push prompt ("Tap NN on
-/// your phone, then press Enter"): "" is Enter. The prompt lands in
-/// `DIR/askpass/prompts` before the answer is given.
+/// your phone, then press Enter"): "" is Enter, and "wait-for-tap" waits
+/// (up to 20 s) for the file `DIR/askpass/push-ready` and answers with what
+/// it holds. The prompt lands in `DIR/askpass/prompts` before the answer.
 #[allow(clippy::too_many_arguments)]
 pub fn ssh_push(
     dir: &TempDir,
@@ -522,6 +523,7 @@ pub fn ssh_methods(
     let answers = dir.join("askpass");
     fs::create_dir_all(&answers).unwrap();
     fs::write(answers.join("push"), push).unwrap();
+    let _ = fs::remove_file(answers.join("push-ready"));
     fs::write(answers.join("password"), password).unwrap();
     fs::write(answers.join("first"), first).unwrap();
     fs::write(answers.join("code"), code).unwrap();
@@ -534,7 +536,11 @@ pub fn ssh_methods(
         format!(
             "#!/bin/sh\nd={}\nm={maildir}\nprintf '%s\\n' \"$1\" >> \"$d/prompts\"\n\
              case \"$1\" in\n\
-               *'on your phone, then press Enter'*) cat \"$d/push\" ;;\n\
+               *'on your phone, then press Enter'*)\n\
+                 if [ \"$(cat \"$d/push\")\" = wait-for-tap ]; then i=0\n\
+                   while [ ! -f \"$d/push-ready\" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n\
+                   cat \"$d/push-ready\"\n\
+                 else cat \"$d/push\"; fi ;;\n\
                *'or 1 to email'*|*'s to skip SmartSign'*) cat \"$d/first\" ;;\n\
                *'Code from the email'*) f=$(ls -t \"$m\"/new/* | head -n 1)\n\
                  sed -n 's/.*code is: \\([0-9]\\{{8\\}}\\).*/\\1/p' \"$f\" | head -n 1 ;;\n\
