@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
@@ -49,8 +49,8 @@ pub struct Relay {
 }
 
 /// One notification to one phone.
-pub struct Notification<'a> {
-    pub topic: &'a str,
+pub struct Notification {
+    pub topic: String,
     pub title: String,
     pub message: String,
     /// Button labels and the body each posts to the response topic.
@@ -113,7 +113,7 @@ impl Relay {
     }
 
     /// Publishes with ntfy's JSON API; `Ok` once the relay has taken it.
-    pub fn publish(&self, note: &Notification<'_>) -> Result<(), PushError> {
+    pub fn publish(&self, note: &Notification) -> Result<(), PushError> {
         let actions: Vec<serde_json::Value> = note
             .buttons
             .iter()
@@ -235,6 +235,73 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// Publishes on a few threads of its own. The TLS and HTTP work is deep
+/// on the stack, and a login's thread waits for its push for up to a
+/// minute: done there, those stack pages would stay resident for as long,
+/// a thousand times over.
+pub struct Publisher {
+    jobs: Mutex<mpsc::Sender<PublishJob>>,
+}
+
+type PublishJob = (Notification, mpsc::Sender<Result<(), PushError>>);
+
+/// Notifications published at once, at most.
+const PUBLISHERS: usize = 8;
+
+impl Publisher {
+    pub fn start(relay: Arc<Relay>) -> std::io::Result<Publisher> {
+        let (jobs, queue) = mpsc::channel::<PublishJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..PUBLISHERS {
+            let queue = Arc::clone(&queue);
+            let relay = Arc::clone(&relay);
+            std::thread::Builder::new()
+                .name("publish".into())
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok((note, reply)) = job else { return };
+                        let _ = reply.send(relay.publish(&note));
+                    }
+                })?;
+        }
+        Ok(Publisher {
+            jobs: Mutex::new(jobs),
+        })
+    }
+
+    /// Publishes every notification, at once as far as the threads go;
+    /// each result within twice the publish timeout.
+    pub fn publish_all(&self, notes: Vec<Notification>) -> Vec<Result<(), PushError>> {
+        let deadline = Instant::now() + 2 * PUBLISH_TIMEOUT;
+        let replies: Vec<_> = notes
+            .into_iter()
+            .map(|note| {
+                let (reply, answer) = mpsc::channel();
+                let queued = self
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .send((note, reply))
+                    .is_ok();
+                (queued, answer)
+            })
+            .collect();
+        replies
+            .into_iter()
+            .map(|(queued, answer)| {
+                if !queued {
+                    return Err(PushError("the publishing threads are gone".into()));
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                answer
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| Err(PushError("the relay did not answer in time".into())))
+            })
+            .collect()
     }
 }
 

@@ -29,7 +29,7 @@ pub const MAX_PER_UID: usize = 4;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Each connection's thread: enough for the deepest request (SQLite, TLS
 /// to the relay or the mail server), small enough for a thousand.
-const THREAD_STACK: usize = 512 * 1024;
+pub const THREAD_STACK: usize = 512 * 1024;
 /// The whole exchange with one client, from accept to the last byte sent.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 

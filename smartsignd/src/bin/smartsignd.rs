@@ -9,7 +9,7 @@ use smartsignd::audit::Syslog;
 use smartsignd::cli::DaemonCli as Cli;
 use smartsignd::config::{Config, PushConfig};
 use smartsignd::mail::{MailSink, Mailer, read_secret_file};
-use smartsignd::push::{Pushes, Relay, new_topic};
+use smartsignd::push::{Relay, new_topic};
 use smartsignd::server;
 use smartsignd::service::{Nss, PushSetup, Service, system_clock};
 use smartsignd::store::{SqliteStore, Store};
@@ -209,11 +209,10 @@ fn push_setup(settings: &PushConfig, store: &SqliteStore) -> Result<PushSetup, S
                 .map_err(|err| err.to_string())?
         }
     };
-    Ok(PushSetup {
-        relay: Relay::new(&settings.server, topic, token),
-        pushes: Pushes::default(),
-        config: settings.clone(),
-    })
+    Ok(PushSetup::new(
+        Relay::new(&settings.server, topic, token),
+        settings.clone(),
+    ))
 }
 
 /// SIGTERM and SIGINT stop the daemon cleanly (store written out to its

@@ -12,7 +12,9 @@ use smartsign_proto::{DenyReason, ErrorKind, LoginContext, Request, Response};
 use super::{Apply, Refusal, Service, time};
 use crate::audit::{Method, Outcome};
 use crate::config::PushConfig;
-use crate::push::{Answer, Notification, PushError, Pushes, Relay, Tap, new_topic};
+use std::sync::{Arc, OnceLock};
+
+use crate::push::{Answer, Notification, PushError, Publisher, Pushes, Relay, Tap, new_topic};
 
 /// How [`Relay::publish`] words a refusal by the relay.
 const REFUSED: &str = " refused the notification";
@@ -25,9 +27,33 @@ const LINGER: Duration = Duration::from_secs(120);
 
 /// Everything push needs: the relay, the pushes waiting, the settings.
 pub struct PushSetup {
-    pub relay: Relay,
+    pub relay: Arc<Relay>,
     pub pushes: Pushes,
     pub config: PushConfig,
+    /// Started with the first push, from a thread that already has the
+    /// daemon's signals blocked.
+    publisher: OnceLock<Result<Publisher, PushError>>,
+}
+
+impl PushSetup {
+    pub fn new(relay: Relay, config: PushConfig) -> PushSetup {
+        PushSetup {
+            relay: Arc::new(relay),
+            pushes: Pushes::default(),
+            config,
+            publisher: OnceLock::new(),
+        }
+    }
+
+    fn publisher(&self) -> Result<&Publisher, PushError> {
+        self.publisher
+            .get_or_init(|| {
+                Publisher::start(Arc::clone(&self.relay))
+                    .map_err(|err| PushError(format!("cannot start the publishing threads: {err}")))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 /// The other end of a push's connection.
@@ -349,34 +375,30 @@ impl Service {
             login.rhost.as_deref().unwrap_or("this host itself"),
             time(now).replace('T', " ").replace('Z', " UTC"),
         );
-        let results: Vec<(String, Result<(), PushError>)> = std::thread::scope(|scope| {
-            let sends: Vec<_> = asks
+        let notes = asks
+            .iter()
+            .map(|ask| Notification {
+                topic: ask.topic.clone(),
+                title: title.clone(),
+                message: message.clone(),
+                buttons: ask
+                    .buttons
+                    .iter()
+                    .map(|(n, token)| (n.to_string(), ask.body(token)))
+                    .collect(),
+            })
+            .collect();
+        let results: Vec<(String, Result<(), PushError>)> = match setup.publisher() {
+            Ok(publisher) => asks
                 .iter()
-                .map(|ask| {
-                    let note = Notification {
-                        topic: &ask.topic,
-                        title: title.clone(),
-                        message: message.clone(),
-                        buttons: ask
-                            .buttons
-                            .iter()
-                            .map(|(n, token)| (n.to_string(), ask.body(token)))
-                            .collect(),
-                    };
-                    let relay = &setup.relay;
-                    (ask.phone.clone(), scope.spawn(move || relay.publish(&note)))
-                })
-                .collect();
-            sends
-                .into_iter()
-                .map(|(phone, send)| {
-                    let result = send
-                        .join()
-                        .unwrap_or_else(|_| Err(PushError("the publishing thread failed".into())));
-                    (phone, result)
-                })
-                .collect()
-        });
+                .map(|ask| ask.phone.clone())
+                .zip(publisher.publish_all(notes))
+                .collect(),
+            Err(why) => asks
+                .iter()
+                .map(|ask| (ask.phone.clone(), Err(why.clone())))
+                .collect(),
+        };
         let mut sent = Vec::new();
         let mut failures = Vec::new();
         for (phone, result) in results {
@@ -448,7 +470,7 @@ impl Service {
             topic
         };
         let note = Notification {
-            topic: &topic,
+            topic,
             title: "SmartSign test".into(),
             message: format!(
                 "This phone ({name}) gets SmartSign's login requests for {user} on {}.",
