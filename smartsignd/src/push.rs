@@ -368,6 +368,8 @@ struct Book {
 pub struct Pushes {
     book: Mutex<Book>,
     changed: Condvar,
+    /// Told of every answer, for a thread that waits in poll(2).
+    waker: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
 
 /// A new push, ready to be published.
@@ -385,6 +387,7 @@ impl Default for Pushes {
                 ..Book::default()
             }),
             changed: Condvar::new(),
+            waker: Mutex::new(None),
         }
     }
 }
@@ -537,6 +540,7 @@ impl Pushes {
         });
         drop(book);
         self.changed.notify_all();
+        self.wake();
         Tap::Answered
     }
 
@@ -570,6 +574,19 @@ impl Pushes {
         }
         drop(book);
         self.changed.notify_all();
+    }
+
+    /// `stream` (non-blocking) gets a byte at every answer.
+    pub fn set_waker(&self, stream: std::os::unix::net::UnixStream) {
+        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(stream);
+    }
+
+    fn wake(&self) {
+        use std::io::Write;
+        if let Some(stream) = self.waker.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            // A full pipe has a wake-up in it already.
+            let _ = stream.write(&[1]);
+        }
     }
 
     /// Since when the stream has been down; `None` while it is up.

@@ -15,7 +15,7 @@ use smartsign_proto::{
 };
 
 use crate::audit::{clip, sanitize};
-use crate::service::{Link, Next, Service};
+use crate::service::{Link, Next, Service, Waiting};
 
 /// Connections served at once from uids other than root; more are answered
 /// "busy" and closed.
@@ -102,6 +102,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 /// within the limits above.
 pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
     let slots = Arc::new(Slots::default());
+    let hall = match service.push.is_some().then(|| Hall::start(Arc::clone(&service))) {
+        Some(Ok(hall)) => Some(hall),
+        Some(Err(err)) => return err,
+        None => None,
+    };
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -125,13 +130,11 @@ pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
             continue;
         };
         let service = Arc::clone(&service);
+        let hall = hall.clone();
         let spawned = std::thread::Builder::new()
             .name("client".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || {
-                serve_one(stream, uid, &service);
-                drop(slot);
-            });
+            .spawn(move || serve_one(stream, uid, &service, slot, hall.as_deref()));
         if let Err(err) = spawned {
             crate::say!("cannot start a thread: {err}");
         }
@@ -293,7 +296,9 @@ fn client_gone(stream: &UnixStream) -> bool {
     ready == 1 && fds.revents & libc::POLLHUP != 0
 }
 
-fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
+/// Serves one connection; `slot` is its place, given back when the
+/// connection ends (a waiting push takes it along to the hall).
+fn serve_one(mut stream: UnixStream, uid: u32, service: &Service, slot: Slot, hall: Option<&Hall>) {
     let deadline = Instant::now() + CLIENT_DEADLINE;
 
     let response = match read_frame::<RequestFrame>(&mut stream, deadline) {
@@ -305,9 +310,19 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service) {
             return;
         }
         Ok(frame) if matches!(frame.request, Request::PushStart { .. }) => {
-            let mut link = Stream(stream);
-            run_guarded(uid, &frame.request.to_string(), || {
-                service.push_session(uid, frame.request, &mut link);
+            let mut link = Stream::new(stream);
+            let summary = frame.request.to_string();
+            run_guarded(uid, &summary, || match hall {
+                Some(hall) => {
+                    if let Some(waiting) = service.push_begin(uid, frame.request, &mut link) {
+                        hall.admit(Held {
+                            waiting,
+                            link,
+                            _slot: slot,
+                        });
+                    }
+                }
+                None => service.push_session(uid, frame.request, &mut link),
             });
             return;
         }
@@ -360,42 +375,157 @@ fn run_guarded(uid: u32, summary: &str, work: impl FnOnce()) {
     }
 }
 
-/// A push's connection, as the push sees it.
-struct Stream(UnixStream);
+/// A push's connection, as the push sees it: requests are read as they
+/// come, without waiting, so that one slow client holds up nobody.
+struct Stream {
+    socket: UnixStream,
+    /// Bytes of a frame not complete yet.
+    partial: Vec<u8>,
+}
+
+impl Stream {
+    fn new(socket: UnixStream) -> Stream {
+        Stream {
+            socket,
+            partial: Vec::new(),
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+}
 
 impl Link for Stream {
     fn next(&mut self) -> Next {
-        use std::os::fd::AsRawFd;
-
-        let mut fds = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-
-        // SAFETY: one valid pollfd for a descriptor this stream owns; no waiting.
-        let ready = unsafe { libc::poll(&raw mut fds, 1, 0) };
-
-        if ready != 1 {
-            return Next::Quiet;
-        }
-        if fds.revents & libc::POLLIN == 0 {
+        if self.socket.set_nonblocking(true).is_err() {
             return Next::Gone;
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        match read_frame::<RequestFrame>(&mut self.0, deadline) {
-            Ok(frame) => Next::Request(frame.request),
-            Err(_) => Next::Gone,
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.socket.read(&mut chunk) {
+                Ok(0) => return Next::Gone,
+                Ok(n) => {
+                    self.partial.extend_from_slice(&chunk[..n]);
+                    if self.partial.len() > MAX_FRAME + 4 {
+                        return Next::Gone;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Next::Gone,
+            }
+        }
+        let Some(head) = self.partial.first_chunk::<4>() else {
+            return Next::Quiet;
+        };
+        let len = u32::from_be_bytes(*head) as usize;
+        if len > MAX_FRAME {
+            return Next::Gone;
+        }
+        if self.partial.len() < 4 + len {
+            return Next::Quiet;
+        }
+        let frame: Result<RequestFrame, _> = serde_json::from_slice(&self.partial[4..4 + len]);
+        self.partial.drain(..4 + len);
+        match frame {
+            Ok(frame) if frame.v == PROTOCOL_VERSION => Next::Request(frame.request),
+            _ => Next::Gone,
         }
     }
 
     fn send(&mut self, response: Response) -> bool {
+        if self.socket.set_nonblocking(false).is_err() {
+            return false;
+        }
         let frame = ResponseFrame {
             v: PROTOCOL_VERSION,
             response,
         };
         let deadline = Instant::now() + Duration::from_secs(2);
-        write_frame(&mut self.0, &frame, deadline).is_ok()
+        write_frame(&mut self.socket, &frame, deadline).is_ok()
+    }
+}
+
+/// A push waiting for its answer, with its connection and its place.
+struct Held {
+    waiting: Waiting,
+    link: Stream,
+    _slot: Slot,
+}
+
+/// One thread watches every waiting push: a thousand logins waiting for
+/// their phones cost a thousand sockets, not a thousand threads.
+struct Hall {
+    arrivals: std::sync::mpsc::Sender<Held>,
+    wake: UnixStream,
+}
+
+/// How often the hall looks at the clock when nothing happens (expiry,
+/// the relay's state).
+const HALL_TICK: Duration = Duration::from_millis(100);
+
+impl Hall {
+    fn start(service: Arc<Service>) -> io::Result<Arc<Hall>> {
+        let (wake, woken) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        woken.set_nonblocking(true)?;
+        if let Some(setup) = &service.push {
+            setup.pushes.set_waker(wake.try_clone()?);
+        }
+        let (arrivals, arrived) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("push-hall".into())
+            .spawn(move || run_hall(&service, &arrived, woken))?;
+        Ok(Arc::new(Hall { arrivals, wake }))
+    }
+
+    fn admit(&self, held: Held) {
+        use std::io::Write;
+        if self.arrivals.send(held).is_ok() {
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
+fn run_hall(service: &Service, arrived: &std::sync::mpsc::Receiver<Held>, mut woken: UnixStream) {
+    use std::os::fd::AsRawFd;
+
+    let mut held: Vec<Held> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        held.extend(arrived.try_iter());
+        fds.clear();
+        fds.push(libc::pollfd {
+            fd: woken.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(held.iter().map(|h| libc::pollfd {
+            fd: h.link.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let timeout = HALL_TICK.as_millis() as libc::c_int;
+
+        // SAFETY: `fds` is a live, correctly sized array of pollfd for
+        // descriptors this thread's `held` and `woken` own.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+
+        let mut scratch = [0u8; 256];
+        while matches!(woken.read(&mut scratch), Ok(n) if n > 0) {}
+        let mut ready = fds.iter().skip(1).map(|fd| fd.revents != 0);
+        held.retain_mut(|h| {
+            let readable = ready.next().unwrap_or(false);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                h.waiting.step(service, &mut h.link, readable)
+            }))
+            .unwrap_or_else(|_| {
+                crate::say!("internal error in push {}; its connection is closed", h.waiting.id());
+                false
+            })
+        });
     }
 }
 

@@ -1019,6 +1019,6 @@ mod account;
 mod email;
 mod push;
 
-pub use push::{Link, Next, PushSetup};
+pub use push::{Link, Next, PushSetup, Waiting};
 #[cfg(test)]
 mod tests;

@@ -84,16 +84,18 @@ struct Verdict {
 }
 
 impl Service {
-    /// Serves one push from `PushStart` to its end.
-    pub fn push_session(&self, peer_uid: u32, request: Request, link: &mut dyn Link) {
+    /// Sends the push and says so on `link`. `Some` when the push now
+    /// waits: [`Waiting::step`] takes it from there, on whichever thread
+    /// watches the connection.
+    pub fn push_begin(&self, peer_uid: u32, request: Request, link: &mut dyn Link) -> Option<Waiting> {
         let Request::PushStart { .. } = &request else {
             link.send(Response::error(
                 ErrorKind::BadRequest,
                 "push_wait and push_cancel follow push_start on its connection",
             ));
-            return;
+            return None;
         };
-        let (login, push, opened, expires) = match self.push_start(peer_uid, request) {
+        match self.push_start(peer_uid, request) {
             Started::Sent {
                 login,
                 id,
@@ -112,85 +114,32 @@ impl Service {
                     }
                     let why = "withdrawn: the login stopped waiting before the push went out";
                     self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, why);
-                    return;
+                    return None;
                 }
-                let Some(setup) = &self.push else { return };
-                (login, setup, id, Instant::now() + expires)
+                Some(Waiting {
+                    peer_uid,
+                    login,
+                    id,
+                    give_up: Instant::now() + expires + LINGER,
+                    verdict: None,
+                    waiting: false,
+                })
             }
             Started::Answer(response) => {
                 link.send(response);
-                return;
+                None
             }
+        }
+    }
+
+    /// Serves one push from `PushStart` to its end on this thread.
+    pub fn push_session(&self, peer_uid: u32, request: Request, link: &mut dyn Link) {
+        let Some(mut waiting) = self.push_begin(peer_uid, request, link) else {
+            return;
         };
-        let pushes = &push.pushes;
-        let mut verdict: Option<Verdict> = None;
-        let mut waiting = false;
-        let give_up = expires + LINGER;
-        loop {
-            if verdict.is_none() {
-                verdict = self.push_verdict(peer_uid, &login, pushes, opened);
-                if verdict.is_some() {
-                    pushes.close(opened);
-                }
-            }
-            match link.next() {
-                Next::Quiet => {}
-                Next::Request(Request::PushWait) => waiting = true,
-                Next::Request(Request::PushCancel) => {
-                    pushes.close(opened);
-                    if let Some(done) = verdict.take_if(|v| v.binding) {
-                        link.send(done.response);
-                        return;
-                    }
-                    let why = match &verdict {
-                        Some(Verdict { audit: Some(_), .. }) => {
-                            "approved on the phone, but the user answered otherwise"
-                        }
-                        Some(_) => "ended",
-                        None => "withdrawn: the user answered otherwise",
-                    };
-                    if verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
-                        self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, why);
-                    }
-                    link.send(Response::Done);
-                    return;
-                }
-                Next::Request(other) => {
-                    pushes.close(opened);
-                    if verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
-                        let why = format!("withdrawn: {} cannot follow push_start", other.op());
-                        self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, &why);
-                    }
-                    link.send(Response::error(
-                        ErrorKind::BadRequest,
-                        format!("{} cannot follow push_start", other.op()),
-                    ));
-                    return;
-                }
-                Next::Gone => {
-                    pushes.close(opened);
-                    if verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
-                        let why = "login abandoned before the answer was taken; push withdrawn";
-                        self.audit_push(&login, peer_uid, None, Outcome::Withdrawn, why);
-                    }
-                    return;
-                }
-            }
-            if waiting && let Some(done) = verdict.take() {
-                if let Some((outcome, why, phone)) = &done.audit {
-                    self.audit_push(&login, peer_uid, phone.as_deref(), *outcome, why);
-                }
-                link.send(done.response);
-                return;
-            }
-            if Instant::now() >= give_up {
-                pushes.close(opened);
-                return;
-            }
-            if verdict.is_none() {
-                pushes.wait_answer(opened, TICK);
-            } else {
-                std::thread::sleep(TICK);
+        while waiting.step(self, link, true) {
+            if let Some(setup) = &self.push {
+                setup.pushes.wait_answer(waiting.id, TICK);
             }
         }
     }
@@ -647,6 +596,100 @@ impl Service {
         why: &str,
     ) {
         self.audit_login(login, peer_uid, Method::Push, phone, outcome, why);
+    }
+}
+
+/// A push sent and not yet collected.
+pub struct Waiting {
+    peer_uid: u32,
+    login: LoginContext,
+    id: u64,
+    /// When the connection is closed whatever happens.
+    give_up: Instant,
+    verdict: Option<Verdict>,
+    /// The user pressed Enter: the verdict goes out as soon as there is one.
+    waiting: bool,
+}
+
+impl Waiting {
+    /// The push this connection holds.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// One look at the push and its connection, without waiting; `ready`
+    /// says whether the connection has something to read. `false` once
+    /// the push is over and the connection can be closed.
+    pub fn step(&mut self, service: &Service, link: &mut dyn Link, ready: bool) -> bool {
+        let Some(setup) = &service.push else {
+            return false;
+        };
+        let pushes = &setup.pushes;
+        let (login, peer_uid) = (&self.login, self.peer_uid);
+        if self.verdict.is_none() {
+            self.verdict = service.push_verdict(peer_uid, login, pushes, self.id);
+            if self.verdict.is_some() {
+                pushes.close(self.id);
+            }
+        }
+        let next = if ready { link.next() } else { Next::Quiet };
+        match next {
+            Next::Quiet => {}
+            Next::Request(Request::PushWait) => self.waiting = true,
+            Next::Request(Request::PushCancel) => {
+                pushes.close(self.id);
+                if let Some(done) = self.verdict.take_if(|v| v.binding) {
+                    link.send(done.response);
+                    return false;
+                }
+                let why = match &self.verdict {
+                    Some(Verdict { audit: Some(_), .. }) => {
+                        "approved on the phone, but the user answered otherwise"
+                    }
+                    Some(_) => "ended",
+                    None => "withdrawn: the user answered otherwise",
+                };
+                if self.verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
+                    service.audit_push(login, peer_uid, None, Outcome::Withdrawn, why);
+                }
+                link.send(Response::Done);
+                return false;
+            }
+            Next::Request(other) => {
+                pushes.close(self.id);
+                if self.verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
+                    let why = format!("withdrawn: {} cannot follow push_start", other.op());
+                    service.audit_push(login, peer_uid, None, Outcome::Withdrawn, &why);
+                }
+                link.send(Response::error(
+                    ErrorKind::BadRequest,
+                    format!("{} cannot follow push_start", other.op()),
+                ));
+                return false;
+            }
+            Next::Gone => {
+                pushes.close(self.id);
+                if self.verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
+                    let why = "login abandoned before the answer was taken; push withdrawn";
+                    service.audit_push(login, peer_uid, None, Outcome::Withdrawn, why);
+                }
+                return false;
+            }
+        }
+        if self.waiting
+            && let Some(done) = self.verdict.take()
+        {
+            if let Some((outcome, why, phone)) = &done.audit {
+                service.audit_push(login, peer_uid, phone.as_deref(), *outcome, why);
+            }
+            link.send(done.response);
+            return false;
+        }
+        if Instant::now() >= self.give_up {
+            pushes.close(self.id);
+            return false;
+        }
+        true
     }
 }
 
