@@ -322,7 +322,8 @@ fn serve_one(mut stream: UnixStream, uid: u32, service: &Service, slot: Slot, ha
                         });
                     }
                 }
-                None => service.push_session(uid, frame.request, &mut link),
+                // No hall without [push]: the answer is a refusal.
+                None => drop(service.push_begin(uid, frame.request, &mut link)),
             });
             return;
         }

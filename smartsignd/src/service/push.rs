@@ -19,8 +19,6 @@ use crate::push::{Answer, Notification, PushError, Publisher, Pushes, Relay, Tap
 /// How [`Relay::publish`] words a refusal by the relay.
 const REFUSED: &str = " refused the notification";
 
-/// How often a waiting push looks at its connection.
-const TICK: Duration = Duration::from_millis(100);
 /// How long a push's connection is kept after the push has ended, for
 /// the module to collect the result.
 const LINGER: Duration = Duration::from_secs(120);
@@ -85,8 +83,8 @@ struct Verdict {
 
 impl Service {
     /// Sends the push and says so on `link`. `Some` when the push now
-    /// waits: [`Waiting::step`] takes it from there, on whichever thread
-    /// watches the connection.
+    /// waits: [`Waiting::step`] takes it from there, on the thread that
+    /// watches every waiting push (`server`'s hall).
     pub fn push_begin(&self, peer_uid: u32, request: Request, link: &mut dyn Link) -> Option<Waiting> {
         let Request::PushStart { .. } = &request else {
             link.send(Response::error(
@@ -128,18 +126,6 @@ impl Service {
             Started::Answer(response) => {
                 link.send(response);
                 None
-            }
-        }
-    }
-
-    /// Serves one push from `PushStart` to its end on this thread.
-    pub fn push_session(&self, peer_uid: u32, request: Request, link: &mut dyn Link) {
-        let Some(mut waiting) = self.push_begin(peer_uid, request, link) else {
-            return;
-        };
-        while waiting.step(self, link, true) {
-            if let Some(setup) = &self.push {
-                setup.pushes.wait_answer(waiting.id, TICK);
             }
         }
     }
