@@ -583,7 +583,12 @@ impl Pushes {
 
     fn wake(&self) {
         use std::io::Write;
-        if let Some(stream) = self.waker.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        if let Some(stream) = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
             // A full pipe has a wake-up in it already.
             let _ = stream.write(&[1]);
         }

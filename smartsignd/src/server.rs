@@ -102,7 +102,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 /// within the limits above.
 pub fn serve(listener: UnixListener, service: Arc<Service>) -> io::Error {
     let slots = Arc::new(Slots::default());
-    let hall = match service.push.is_some().then(|| Hall::start(Arc::clone(&service))) {
+    let hall = match service
+        .push
+        .is_some()
+        .then(|| Hall::start(Arc::clone(&service)))
+    {
         Some(Ok(hall)) => Some(hall),
         Some(Err(err)) => return err,
         None => None,
@@ -523,7 +527,10 @@ fn run_hall(service: &Service, arrived: &std::sync::mpsc::Receiver<Held>, mut wo
                 h.waiting.step(service, &mut h.link, readable)
             }))
             .unwrap_or_else(|_| {
-                crate::say!("internal error in push {}; its connection is closed", h.waiting.id());
+                crate::say!(
+                    "internal error in push {}; its connection is closed",
+                    h.waiting.id()
+                );
                 false
             })
         });

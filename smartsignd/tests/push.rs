@@ -467,3 +467,43 @@ fn the_hourly_push_limit_survives_a_restart_and_unlock_clears_it() {
     assert!(unlock.status.success());
     assert!(test(&s).status.success(), "unlock clears the count");
 }
+
+/// One thread watches every waiting push: a client that sends half a
+/// request and stops must not hold up another login's push.
+#[test]
+fn a_stalled_client_holds_up_no_other_push() {
+    use std::io::{Read, Write};
+
+    let s = setup("stall", "30s", "");
+    let (_, phone) = s.phone("Pixel 8");
+    let mut stalled = std::os::unix::net::UnixStream::connect(&s.daemon.socket).unwrap();
+    let start = format!(
+        r#"{{"v":1,"request":{{"op":"push_start","login":{{"user":"{}","service":"stall"}}}}}}"#,
+        s.user.name
+    );
+    stalled
+        .write_all(&(start.len() as u32).to_be_bytes())
+        .unwrap();
+    stalled.write_all(start.as_bytes()).unwrap();
+    let mut head = [0u8; 4];
+    stalled.read_exact(&mut head).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+    stalled.read_exact(&mut body).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("push_sent"));
+    let _first = note_within(&phone);
+    // Half of the next frame's length, then nothing.
+    stalled.write_all(&[0, 0]).unwrap();
+
+    std::thread::scope(|scope| {
+        let login = scope.spawn(|| s.ssh("", ""));
+        let note = note_within(&phone);
+        let number = s.shown_number();
+        let tapped = Instant::now();
+        note.tap(&number);
+        let login = login.join().unwrap();
+        assert!(login.logged_in_as(&s.user.name), "{}", s.explain(&login));
+        assert!(tapped.elapsed() < Duration::from_secs(5));
+    });
+    drop(stalled);
+    s.wait_audit(&["service=stall", "result=withdrawn"]);
+}

@@ -14,7 +14,7 @@ use crate::audit::{Method, Outcome};
 use crate::config::PushConfig;
 use std::sync::{Arc, OnceLock};
 
-use crate::push::{Answer, Notification, PushError, Publisher, Pushes, Relay, Tap, new_topic};
+use crate::push::{Answer, Notification, Publisher, PushError, Pushes, Relay, Tap, new_topic};
 
 /// How [`Relay::publish`] words a refusal by the relay.
 const REFUSED: &str = " refused the notification";
@@ -85,7 +85,12 @@ impl Service {
     /// Sends the push and says so on `link`. `Some` when the push now
     /// waits: [`Waiting::step`] takes it from there, on the thread that
     /// watches every waiting push (`server`'s hall).
-    pub fn push_begin(&self, peer_uid: u32, request: Request, link: &mut dyn Link) -> Option<Waiting> {
+    pub fn push_begin(
+        &self,
+        peer_uid: u32,
+        request: Request,
+        link: &mut dyn Link,
+    ) -> Option<Waiting> {
         let Request::PushStart { .. } = &request else {
             link.send(Response::error(
                 ErrorKind::BadRequest,
