@@ -55,7 +55,7 @@ impl Args {
             return (mode, "the module argument".into());
         }
         let path = self.config.display();
-        match std::fs::read_to_string(&self.config) {
+        match read_config(&self.config) {
             Ok(text) => match failmode_in(&text) {
                 Ok(Some(mode)) => (mode, format!("{path}")),
                 Ok(None) => (Failmode::Secure, "the default".into()),
@@ -105,33 +105,91 @@ impl Args {
     }
 }
 
+/// The configuration file's text, if it is a regular file that only root
+/// (or this process's own user) can change, read without waiting: a FIFO
+/// there must not hang a login.
+fn read_config(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    const MAX: u64 = 1 << 20;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|err| err.to_string())?;
+    let meta = file.metadata().map_err(|err| err.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if (meta.uid() != 0 && meta.uid() != me) || meta.mode() & 0o022 != 0 {
+        return Err("others than root may change it".into());
+    }
+    let mut text = String::new();
+    file.take(MAX)
+        .read_to_string(&mut text)
+        .map_err(|err| err.to_string())?;
+    Ok(text)
+}
+
 /// The top-level `failmode` of a smartsign.toml, read without a TOML
 /// parser (this runs inside sshd): `failmode = "safe"` or `"secure"` on a
-/// line of its own before the first table. Anything else that names the
-/// key is an error, which leaves the default.
+/// line of its own before the first table, with spaces or tabs around the
+/// `=` and an optional `# comment` after. Anything that might make that
+/// line mean something else (a multi-line string before it, the key twice,
+/// any other spelling of the line) is an error, which leaves the default.
 fn failmode_in(text: &str) -> Result<Option<Failmode>, String> {
+    let blank = |c: char| c == ' ' || c == '\t';
+    let not_clear = |line: &str| format!("{line:?} is not failmode = \"secure\" or \"safe\"");
+    let mut found = None;
     for line in text.lines() {
-        let line = line.trim();
+        let line = line.trim_matches(blank);
         if line.starts_with('[') {
             break;
+        }
+        if line.contains("\"\"\"") || line.contains("'''") {
+            return Err("a multi-line string before the failmode line".into());
         }
         let Some(rest) = line.strip_prefix("failmode") else {
             continue;
         };
-        let Some(value) = rest.trim_start().strip_prefix('=') else {
-            if rest.starts_with([' ', '\t', '=']) {
-                return Err(format!("{line:?} is not failmode = \"secure\" or \"safe\""));
+        if !rest.starts_with([' ', '\t', '=']) {
+            // Another key (failmodes = ...), not ours.
+            if rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                continue;
             }
-            continue;
+            return Err(not_clear(line));
+        }
+        let value = rest
+            .trim_start_matches(blank)
+            .strip_prefix('=')
+            .ok_or_else(|| not_clear(line))?
+            .trim_start_matches(blank);
+        // One quoted word, the same quote at both ends, nothing but a
+        // comment after it.
+        let quote = value
+            .chars()
+            .next()
+            .filter(|c| *c == '"' || *c == '\'')
+            .ok_or_else(|| not_clear(line))?;
+        let inner = &value[1..];
+        let end = inner.find(quote).ok_or_else(|| not_clear(line))?;
+        let after = inner[end + 1..].trim_start_matches(blank);
+        if !(after.is_empty() || after.starts_with('#')) {
+            return Err(not_clear(line));
+        }
+        let mode = match &inner[..end] {
+            "secure" => Failmode::Secure,
+            "safe" => Failmode::Safe,
+            _ => return Err(not_clear(line)),
         };
-        let value = value.split('#').next().unwrap_or_default().trim();
-        return match value {
-            "\"secure\"" | "'secure'" => Ok(Some(Failmode::Secure)),
-            "\"safe\"" | "'safe'" => Ok(Some(Failmode::Safe)),
-            _ => Err(format!("{line:?} is not failmode = \"secure\" or \"safe\"")),
-        };
+        if found.replace(mode).is_some() {
+            return Err("failmode is set twice".into());
+        }
     }
-    Ok(None)
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -209,6 +267,23 @@ mod tests {
             ("failmode = safe\n", Err(())),
             ("failmode = \"safe\" \"secure\"\n", Err(())),
             ("failmode \"safe\"\n", Err(())),
+            // What a TOML reader would take otherwise, or not at all.
+            (
+                "s = '''x\nfailmode = \"safe\"\n'''\nfailmode = \"secure\"\n",
+                Err(()),
+            ),
+            ("failmode = \"safe\"\nfailmode = \"secure\"\n", Err(())),
+            ("failmode = \"safe\"\u{c}\n", Err(())),
+            ("failmode\u{a0}= \"safe\"\n", Err(())),
+            ("failmode = \"saf\\u0065\"\n", Err(())),
+            ("failmode = \"safe'\n", Err(())),
+            ("failmode = \"safe\"x\n", Err(())),
+            ("failmode.x = \"safe\"\n", Err(())),
+            ("failmode_x = \"safe\"\n", Ok(None)),
+            (
+                "\tfailmode\t=\t\"safe\"\t# ok\r\n",
+                Ok(Some(Failmode::Safe)),
+            ),
         ];
         for (text, expected) in cases {
             let got = failmode_in(text).map_err(|_| ());
@@ -222,6 +297,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("smartsign.toml");
         std::fs::write(&config, "failmode = \"safe\"\n").unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
         let mut args = Args {
             config: config.clone(),
             ..Args::default()
@@ -239,6 +316,38 @@ mod tests {
         let (mode, why) = args.resolve_failmode();
         assert_eq!(mode, Failmode::Secure);
         assert!(why.contains("does not say it clearly"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fifo_or_a_file_others_may_change_is_not_believed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pam-smartsign-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.toml");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+        let args = Args {
+            config: fifo,
+            ..Args::default()
+        };
+        let started = std::time::Instant::now();
+        let (mode, why) = args.resolve_failmode();
+        assert_eq!(mode, Failmode::Secure);
+        assert!(why.contains("not a regular file"), "{why}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let open = dir.join("open.toml");
+        std::fs::write(&open, "failmode = \"safe\"\n").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let args = Args {
+            config: open,
+            ..Args::default()
+        };
+        let (mode, why) = args.resolve_failmode();
+        assert_eq!(mode, Failmode::Secure);
+        assert!(why.contains("others than root may change it"), "{why}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -97,6 +97,11 @@ pub enum Request {
         user: Option<String>,
         code: Secret,
     },
+    /// Mails a code that proves a change to an account enrolled by its
+    /// address alone (`email_only`); it opens no login.
+    EmailChangeCode {
+        user: Option<String>,
+    },
     /// `code` as for `PhoneAdd`.
     EmailRemove {
         user: Option<String>,
@@ -153,6 +158,7 @@ impl Request {
             | Request::EmailSet { user, .. }
             | Request::EmailConfirm { user, .. }
             | Request::EmailRemove { user, .. }
+            | Request::EmailChangeCode { user }
             | Request::BackupCodes { user, .. }
             | Request::Disable { user, .. }
             | Request::Enable { user } => user.as_deref(),
@@ -181,6 +187,7 @@ impl Request {
             Request::EmailSet { .. } => "email_set",
             Request::EmailConfirm { .. } => "email_confirm",
             Request::EmailRemove { .. } => "email_remove",
+            Request::EmailChangeCode { .. } => "email_change_code",
             Request::BackupCodes { .. } => "backup_codes",
             Request::Disable { .. } => "disable",
             Request::Enable { .. } => "enable",
@@ -217,6 +224,7 @@ impl std::fmt::Display for Request {
             | Request::EmailSet { .. }
             | Request::EmailConfirm { .. }
             | Request::EmailRemove { .. }
+            | Request::EmailChangeCode { .. }
             | Request::BackupCodes { .. }
             | Request::Disable { .. }
             | Request::Enable { .. }

@@ -75,6 +75,8 @@ pub enum Purpose<'a> {
         rhost: Option<&'a str>,
     },
     ConfirmAddress,
+    /// Proof for a change to an account enrolled by its address alone.
+    Change,
 }
 
 impl CodeMail<'_> {
@@ -82,6 +84,7 @@ impl CodeMail<'_> {
         let what = match self.purpose {
             Purpose::Login { .. } => "SmartSign code",
             Purpose::ConfirmAddress => "SmartSign address confirmation",
+            Purpose::Change => "SmartSign code for a change",
         };
         one_line(&format!("{what} for {} on {}", self.user, self.host))
     }
@@ -108,6 +111,18 @@ impl CodeMail<'_> {
                      for {user} on {host} at this address."
                 ),
                 "If you did not ask for this, ignore this mail; nothing changes.".to_owned(),
+            ),
+            Purpose::Change => (
+                format!(
+                    "Type it into smartsign to change how {user} logs in to {host}:\n\
+                     add a phone, change or remove this address, make backup\n\
+                     codes, or turn SmartSign off. It does not log anyone in."
+                ),
+                format!(
+                    "If you did not ask for this, give this code to nobody: someone\n\
+                     with access to {user}'s session is trying to change how\n\
+                     {user} logs in. Tell your administrator."
+                ),
             ),
         };
         format!(

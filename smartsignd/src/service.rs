@@ -341,7 +341,9 @@ impl Service {
         // not while a mail server takes its time.
         if matches!(
             request,
-            Request::SendEmailCode { .. } | Request::EmailSet { .. }
+            Request::SendEmailCode { .. }
+                | Request::EmailSet { .. }
+                | Request::EmailChangeCode { .. }
         ) && !wanted()
         {
             return gone();
@@ -358,6 +360,7 @@ impl Service {
             Request::EmailSet { address, code, .. } => {
                 return self.email_set(peer_uid, &user, &address, code.as_ref());
             }
+            Request::EmailChangeCode { .. } => return self.send_change_code(peer_uid, &user),
             other => other,
         };
         let _one_at_a_time = self.account_lock(&user);
@@ -374,7 +377,9 @@ impl Service {
                 self.skip_now(peer_uid, &LoginContext { user, ..login }, gids.as_deref())
             }
             // Both went their own way above.
-            Request::SendEmailCode { .. } | Request::EmailSet { .. } => Err(Refusal::quiet(
+            Request::SendEmailCode { .. }
+            | Request::EmailSet { .. }
+            | Request::EmailChangeCode { .. } => Err(Refusal::quiet(
                 ErrorKind::Internal,
                 "mail requests are not served here",
             )),
@@ -629,8 +634,16 @@ impl Service {
             rhost: None,
             tty: None,
         };
-        match self.verify_email_code(peer_uid, &login, &normalize(code.expose()), now)? {
-            Response::Allow { .. } => Ok(()),
+        // Only a code mailed for a change: a login code opens a login, and
+        // the mail that carried it said so, not that it adds a phone.
+        let Some(reason) = self.take_change_code(user, &normalize(code.expose()), now)? else {
+            if let Err(err) = self.store.clear_failures(user) {
+                crate::say!("clearing failures of {user}: {err}");
+            }
+            self.audit_manage(peer_uid, user, None, "change proven with a mailed code");
+            return Ok(());
+        };
+        match self.refuse_code(peer_uid, &login, Method::EmailCode, reason, now)? {
             Response::LockedOut { until } => Err(Refusal::quiet(
                 ErrorKind::Refused,
                 format!(
@@ -638,13 +651,9 @@ impl Service {
                     time(until)
                 ),
             )),
-            Response::Deny { reason } => Err(Refusal::quiet(
+            _ => Err(Refusal::quiet(
                 ErrorKind::WrongCode,
-                format!("{} (the code mailed to your address)", reason.describe()),
-            )),
-            other => Err(Refusal::quiet(
-                ErrorKind::Internal,
-                format!("unexpected {other:?}"),
+                format!("{} (the code mailed for this change)", reason.describe()),
             )),
         }
     }

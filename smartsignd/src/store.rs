@@ -118,6 +118,8 @@ pub trait Store: Send + Sync {
 
     /// The account's confirmed address.
     fn email(&self, user: &str) -> StoreResult<Option<String>>;
+    /// When the account's address was confirmed (Unix seconds).
+    fn email_since(&self, user: &str) -> StoreResult<Option<u64>>;
     /// Makes `address` the account's, ending every code mailed before.
     fn set_email(&self, user: &str, address: &str, now: u64) -> StoreResult<()>;
     fn remove_email(&self, user: &str) -> StoreResult<bool>;
@@ -206,6 +208,8 @@ pub enum CodePurpose {
     Login,
     /// Proves a new address before it becomes the account's.
     ConfirmAddress,
+    /// Proves a change to an account enrolled by its address alone.
+    Change,
 }
 
 impl CodePurpose {
@@ -213,6 +217,7 @@ impl CodePurpose {
         match self {
             CodePurpose::Login => "login",
             CodePurpose::ConfirmAddress => "confirm",
+            CodePurpose::Change => "change",
         }
     }
 }
@@ -559,6 +564,15 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT address FROM emails WHERE user = ?1")?
             .query_row([user], |row| row.get(0))
             .optional()?)
+    }
+
+    fn email_since(&self, user: &str) -> StoreResult<Option<u64>> {
+        let db = self.lock()?;
+        let since: Option<i64> = db
+            .prepare_cached("SELECT since FROM emails WHERE user = ?1")?
+            .query_row([user], |row| row.get(0))
+            .optional()?;
+        Ok(since.map(|t| t as u64))
     }
 
     fn set_email(&self, user: &str, address: &str, now: u64) -> StoreResult<()> {

@@ -234,7 +234,7 @@ fn a_code_typed_instead_logs_in_and_withdraws_the_push() {
         let login = login.join().unwrap();
         assert!(login.logged_in_as(&s.user.name), "{}", s.explain(&login));
         assert!(s.audit_has(&["method=app-code", "result=allow"]));
-        assert!(s.audit_has(&["method=push", "result=withdrawn", "answered otherwise"]));
+        assert!(s.audit_has(&["method=push", "result=withdrawn", "went on without it"]));
         let number = s.shown_number();
         note.tap(&number);
         s.wait_audit(&["result=refused", "a tap on a push that has ended"]);

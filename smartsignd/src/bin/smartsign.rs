@@ -10,7 +10,7 @@ use qrcode::QrCode;
 use qrcode::render::unicode::Dense1x2;
 use serde::Serialize;
 use smartsign_proto::{
-    AccountStatus, Client, ErrorKind, LoginContext, NewPhone, PhoneInfo, Request, Response, Secret,
+    AccountStatus, Client, ErrorKind, NewPhone, PhoneInfo, Request, Response, Secret,
 };
 use smartsignd::cli::{Command, EmailCommand, PhoneCommand, UserCli as Cli};
 
@@ -368,21 +368,8 @@ impl App {
     /// Mails a one-time code to the account's address, the proof of a
     /// change for an account enrolled by its address alone.
     fn send_code(&self) -> Outcome {
-        let user = match &self.user {
-            Some(user) => user.clone(),
-            None => nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-                .ok_or_else(|| Failure(Exit::NotFound, "this uid has no user name".into()))?,
-        };
-        let request = Request::SendEmailCode {
-            login: LoginContext {
-                user,
-                service: "smartsign".into(),
-                rhost: None,
-                tty: None,
-            },
+        let request = Request::EmailChangeCode {
+            user: self.user.clone(),
         };
         match self.call(request)? {
             Response::EmailSent { to, expires } => {

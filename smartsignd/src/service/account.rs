@@ -122,6 +122,26 @@ impl Service {
             ));
         }
         let now = (self.clock)();
+        // An account enrolled by its address alone: a phone left pending
+        // from before the address enrolled it was added without proof.
+        if peer_uid != 0
+            && !phones.iter().any(|p| p.confirmed)
+            && self.email_only_enrolled(user)?
+            && self
+                .store
+                .email_since(user)?
+                .is_some_and(|since| phone.created <= since)
+        {
+            self.store.remove_phone(user, name)?;
+            let why = "pending phone dropped: added before the address enrolled the account, without proof";
+            self.audit_manage(peer_uid, user, Some(name), why);
+            return Err(Refusal::quiet(
+                ErrorKind::Refused,
+                format!(
+                    "{name:?} was added before the account's address enrolled it, without proof; add it again"
+                ),
+            ));
+        }
         let code = normalize(code.expose());
         match totp::check(&phone.secret, &code, now, self.config.totp.skew, 0) {
             CodeMatch::Fresh(step)
@@ -205,7 +225,7 @@ impl Service {
         user: &str,
         code: Option<&Secret>,
     ) -> Result<Response, Refusal> {
-        if confirmed(self.store.phones(user)?).is_empty() {
+        if confirmed(self.store.phones(user)?).is_empty() && !self.email_only_enrolled(user)? {
             return Err(Refusal::quiet(
                 ErrorKind::Refused,
                 "enroll a phone first (smartsign phone add NAME); backup codes stand in for it",

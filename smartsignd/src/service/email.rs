@@ -59,6 +59,58 @@ impl Service {
         self.deliver(peer_uid, login, outgoing)
     }
 
+    /// Mails the proof for a change to an account enrolled by its address
+    /// alone (`smartsign email send-code`). It opens no login.
+    pub(super) fn send_change_code(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {
+        let login = LoginContext {
+            user: user.to_owned(),
+            service: "smartsign".into(),
+            rhost: None,
+            tty: None,
+        };
+        let outgoing = {
+            let _one_at_a_time = self.account_lock(user);
+            if !self.email_only_enrolled(user)? {
+                return Err(Refusal::quiet(
+                    ErrorKind::Refused,
+                    "this account's changes are proven with a code from one of its phones \
+                     (mailed codes prove changes only for an account with an address alone)",
+                ));
+            }
+            let Some(address) = self.store.email(user)? else {
+                return Err(mail_failed("no address is registered for this account"));
+            };
+            self.prepare_mail(peer_uid, &login, CodePurpose::Change, &address)?
+        };
+        self.deliver(peer_uid, &login, outgoing)
+    }
+
+    /// The code mailed for a change: unused, in time, compared in constant
+    /// time, and taken either way. `Ok(None)` when it is good.
+    pub(super) fn take_change_code(
+        &self,
+        user: &str,
+        code: &str,
+        now: u64,
+    ) -> Result<Option<DenyReason>, Refusal> {
+        let reason = match self.store.email_code(user, CodePurpose::Change)? {
+            Some(sent) if bool::from(sent.code.as_bytes().ct_eq(code.as_bytes())) => {
+                if !self
+                    .store
+                    .take_email_code(user, CodePurpose::Change, code)?
+                {
+                    DenyReason::ReusedCode
+                } else if sent.expires <= now {
+                    DenyReason::ExpiredCode
+                } else {
+                    return Ok(None);
+                }
+            }
+            _ => DenyReason::WrongCode,
+        };
+        Ok(Some(reason))
+    }
+
     /// An 8-digit answer at the login prompt: the code last mailed, unused,
     /// in time, compared in constant time.
     pub(super) fn verify_email_code(
@@ -133,7 +185,8 @@ impl Service {
             }
             // An address is a second way in: only beside a phone, and only
             // with a code from it, so that a password alone cannot add one.
-            if super::confirmed(self.store.phones(user)?).is_empty() {
+            // With email_only an address enrolls the account by itself.
+            if !self.policy.email_only && super::confirmed(self.store.phones(user)?).is_empty() {
                 return Err(Refusal::quiet(
                     ErrorKind::Refused,
                     "enroll a phone first (smartsign phone add NAME); an address is a fallback beside it",
@@ -353,6 +406,7 @@ impl Outgoing {
                         rhost: rhost.as_deref(),
                     },
                     CodePurpose::ConfirmAddress => Purpose::ConfirmAddress,
+                    CodePurpose::Change => Purpose::Change,
                 };
                 let mail = CodeMail {
                     user: &user,

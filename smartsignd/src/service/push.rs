@@ -638,7 +638,7 @@ impl Waiting {
                         "approved on the phone, but the user answered otherwise"
                     }
                     Some(_) => "ended",
-                    None => "withdrawn: the user answered otherwise",
+                    None => "withdrawn: the login went on without it (another answer, or it ended)",
                 };
                 if self.verdict.as_ref().is_none_or(|v| v.audit.is_some()) {
                     service.audit_push(login, peer_uid, None, Outcome::Withdrawn, why);

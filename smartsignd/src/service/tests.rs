@@ -2126,13 +2126,18 @@ fn an_address_alone_enrolls_only_where_the_policy_says_so() {
     assert_eq!(kind(&needs), Some(ErrorKind::CodeRequired), "{needs:?}");
     let wrong = add_as(&f, ALICE, "Pixel", Some("00000000"));
     assert_eq!(kind(&wrong), Some(ErrorKind::WrongCode), "{wrong:?}");
-    let sent = f.service.handle(
-        ALICE,
-        Request::SendEmailCode {
-            login: login("alice"),
-        },
-    );
+    // A login code is no proof for a change; a code mailed for one is.
+    assert!(matches!(f.send_code("alice"), Response::EmailSent { .. }));
+    let login_code = f.mailed_code();
+    let refused = add_as(&f, ALICE, "Pixel", Some(&login_code));
+    assert_eq!(kind(&refused), Some(ErrorKind::WrongCode), "{refused:?}");
+    let sent = f
+        .service
+        .handle(ALICE, Request::EmailChangeCode { user: None });
     assert!(matches!(sent, Response::EmailSent { .. }), "{sent:?}");
+    let (_, subject, body) = f.outbox.lock().unwrap().last().cloned().unwrap();
+    assert!(subject.contains("for a change"), "{subject}");
+    assert!(body.contains("It does not log anyone in"), "{body}");
     let code = f.mailed_code();
     let added = add_as(&f, ALICE, "Pixel", Some(&code));
     assert!(matches!(added, Response::PhoneCreated(_)), "{added:?}");
@@ -2151,6 +2156,55 @@ fn an_address_alone_enrolls_only_where_the_policy_says_so() {
         begin(&f),
         Response::Deny {
             reason: DenyReason::NotEnrolled
+        }
+    );
+}
+
+/// A phone left pending by the user before the address enrolled the
+/// account would otherwise become a second factor without any proof.
+#[test]
+fn a_phone_planted_before_the_address_enrolled_the_account_is_dropped() {
+    let f = with_policy(
+        "email-only-planted",
+        Policy {
+            email_only: true,
+            ..Policy::default()
+        },
+    );
+    let planted = add_as(&f, ALICE, "sleeper", None);
+    let Response::PhoneCreated(phone) = planted else {
+        panic!("{planted:?}")
+    };
+    f.advance(60);
+    let set = f.service.handle(
+        0,
+        Request::EmailSet {
+            user: Some("alice".into()),
+            address: "alice@example.org".into(),
+            code: None,
+        },
+    );
+    assert_eq!(set, Response::Done);
+    f.advance(60);
+    let code = code_at(phone.secret.expose(), f.time());
+    let confirmed = f.service.handle(
+        ALICE,
+        Request::PhoneConfirm {
+            user: None,
+            name: "sleeper".into(),
+            code: code.as_str().into(),
+        },
+    );
+    assert_eq!(kind(&confirmed), Some(ErrorKind::Refused), "{confirmed:?}");
+    assert!(
+        f.last_line().contains("pending phone dropped"),
+        "{}",
+        f.last_line()
+    );
+    assert_eq!(
+        f.verify("alice", &code),
+        Response::Deny {
+            reason: DenyReason::WrongCode
         }
     );
 }
