@@ -71,16 +71,19 @@ impl Held for Session {
     }
 }
 
-/// A push waiting for the phone, held by its connection.
+/// A push waiting for the phone, held by its connection, for this login
+/// (user and service) alone.
 pub struct Push {
     held: Box<dyn Held>,
     number: u8,
     expires: u64,
+    login: LoginContext,
 }
 
 /// How long smartsignd may take to hand a push to the relay, on top of
-/// the module's `timeout=` (its own bound is 5 seconds).
-const PUBLISH_BOUND: Duration = Duration::from_secs(6);
+/// the module's `timeout=` (its own bound is 5 seconds, and one more for
+/// a publishing thread to take the job).
+const PUBLISH_BOUND: Duration = Duration::from_secs(7);
 
 /// Prompts a login may show, before it has to decide.
 const MAX_PROMPTS: usize = 3;
@@ -138,7 +141,11 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
 
     // One push per login: a second call in this PAM transaction (sshd's
     // next authentication method) takes up the one already sent.
-    let kept = pam.take_push().filter(|kept| kept.expires > now);
+    // Only for the same user and service: login(1) asks for another user
+    // name in the same transaction after a failure.
+    let kept = pam.take_push().filter(|kept| {
+        kept.expires > now && kept.login.user == login.user && kept.login.service == login.service
+    });
     let mut push = match kept {
         Some(kept) if push => Some(kept),
         _ if push => match start_push(pam, daemon, args, &login, now) {
@@ -169,6 +176,7 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
             login: login.clone(),
         }) {
             Ok(Response::EmailSent { to, .. }) => emailed_to = Some(to),
+            // A backup code still works.
             Ok(Response::Error {
                 kind: ErrorKind::MailFailed | ErrorKind::TooMany,
                 message,
@@ -177,16 +185,16 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
                     Priority::Warning,
                     &format!("no code was emailed: {message}"),
                 );
-                pam.error(&format!("SmartSign could not email a code: {message}."));
-                return Outcome::AuthErr;
+                pam.error(&format!(
+                    "SmartSign could not email a code: {message}. Type a backup code."
+                ));
             }
             Err(ClientError::Timeout) => {
                 pam.log(
                     Priority::Warning,
                     "no answer in time while a code was being emailed",
                 );
-                pam.error("SmartSign could not email a code in time.");
-                return Outcome::AuthErr;
+                pam.error("SmartSign could not email a code in time. Type a backup code.");
             }
             Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
             Ok(other) => return odd_answer(pam, args, &other),
@@ -345,6 +353,7 @@ fn start_push(
             held,
             number,
             expires,
+            login: login.clone(),
         })),
         Ok(Response::Error {
             kind: ErrorKind::PushFailed | ErrorKind::TooMany,
@@ -1317,6 +1326,12 @@ mod tests {
             held: daemon.open().unwrap(),
             number: 12,
             expires: NOW - 1,
+            login: LoginContext {
+                user: "alice".into(),
+                service: "sshd".into(),
+                rhost: None,
+                tty: None,
+            },
         });
         drop(daemon);
         let daemon = ScriptedDaemon::new(vec![
@@ -1395,6 +1410,74 @@ mod tests {
         assert_eq!(
             pam.errors,
             ["SmartSign: the wrong number was tapped on the phone."]
+        );
+    }
+
+    /// login(1) asks for a user name again after a failure, in the same
+    /// PAM transaction: a push kept for one user must not answer for another.
+    #[test]
+    fn a_kept_push_is_for_its_own_user_only() {
+        let mut pam = ScriptedPam::alice(&["hunter2", ""]);
+        pam.password = Some("hunter2".into());
+        let daemon = ScriptedDaemon::new(vec![
+            ("begin", challenge_push(false)),
+            ("push_start", sent()),
+            ("begin", challenge_push(false)),
+            // Not the kept one: a push of bob's own.
+            (
+                "push_start",
+                Ok(Response::PushSent {
+                    number: 12,
+                    phones: vec!["Pixel 8".into()],
+                    expires: NOW + 60,
+                }),
+            ),
+            (
+                "push_wait",
+                Ok(Response::Allow {
+                    phone: "Pixel 8".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::AuthErr);
+        pam.user = Some("bob".into());
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert!(pam.prompts[1].starts_with("Tap 12 "), "{:?}", pam.prompts);
+    }
+
+    #[test]
+    fn an_address_alone_and_no_mail_leaves_a_backup_code() {
+        let mut pam = ScriptedPam::alice(&["ABCD-EFGH-JK"]);
+        let daemon = ScriptedDaemon::new(vec![
+            (
+                "begin",
+                Ok(Response::Challenge {
+                    phones: vec![],
+                    email: Some("a****@example.org".into()),
+                    skip_until: None,
+                    push: false,
+                    autopush: false,
+                }),
+            ),
+            (
+                "send_email_code",
+                Ok(Response::error(
+                    ErrorKind::TooMany,
+                    "at most 5 mails an hour",
+                )),
+            ),
+            (
+                "verify_code",
+                Ok(Response::Allow {
+                    phone: "backup code".into(),
+                }),
+            ),
+        ]);
+        assert_eq!(run(&mut pam, &daemon, &Args::default()), Outcome::Success);
+        assert!(
+            pam.errors[0].contains("Type a backup code"),
+            "{:?}",
+            pam.errors
         );
     }
 }

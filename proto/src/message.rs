@@ -534,6 +534,45 @@ mod tests {
             }
         );
 
+        // What a module and a daemon of different builds still understand:
+        // the push fields added later have defaults.
+        let old_challenge = r#"{"v":1,"response":{"result":"challenge","phones":["Pixel 8"]}}"#;
+        let frame: ResponseFrame = serde_json::from_str(old_challenge).unwrap();
+        assert_eq!(
+            frame.response,
+            Response::Challenge {
+                phones: vec!["Pixel 8".into()],
+                email: None,
+                skip_until: None,
+                push: false,
+                autopush: false,
+            }
+        );
+        let start =
+            r#"{"v":1,"request":{"op":"push_start","login":{"user":"alice","service":"sshd"}}}"#;
+        let frame: RequestFrame = serde_json::from_str(start).unwrap();
+        assert!(matches!(frame.request, Request::PushStart { .. }));
+        for (text, op) in [
+            (r#"{"v":1,"request":{"op":"push_wait"}}"#, "push_wait"),
+            (r#"{"v":1,"request":{"op":"push_cancel"}}"#, "push_cancel"),
+        ] {
+            let frame: RequestFrame = serde_json::from_str(text).unwrap();
+            assert_eq!(frame.request.op(), op);
+        }
+        let sent = r#"{"v":1,"response":{"result":"push_sent","number":47,"phones":["Pixel 8"],"expires":1800000060}}"#;
+        let frame: ResponseFrame = serde_json::from_str(sent).unwrap();
+        assert_eq!(
+            frame.response,
+            Response::PushSent {
+                number: 47,
+                phones: vec!["Pixel 8".into()],
+                expires: 1_800_000_060
+            }
+        );
+        let phone = r#"{"name":"Pixel 8","confirmed":true,"created":1,"last_used":null}"#;
+        let phone: PhoneInfo = serde_json::from_str(phone).unwrap();
+        assert!(!phone.push);
+
         let deny = r#"{"v":1,"response":{"result":"deny","reason":"reused_code"}}"#;
         let frame: ResponseFrame = serde_json::from_str(deny).unwrap();
         assert_eq!(

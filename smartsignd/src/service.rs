@@ -363,17 +363,23 @@ impl Service {
             Request::EmailChangeCode { .. } => return self.send_change_code(peer_uid, &user),
             other => other,
         };
+        // Groups come from NSS, which may be slow: looked up before the
+        // account is held.
+        let gids = match &request {
+            Request::Begin { login }
+            | Request::SkipNow { login }
+            | Request::VerifyCode { login, .. } => self.login_gids(&login.user, &user),
+            _ => None,
+        };
         let _one_at_a_time = self.account_lock(&user);
         if !wanted() {
             return gone();
         }
         match request {
             Request::Begin { login } => {
-                let gids = self.login_gids(&login.user, &user);
                 self.begin(peer_uid, &LoginContext { user, ..login }, gids.as_deref())
             }
             Request::SkipNow { login } => {
-                let gids = self.login_gids(&login.user, &user);
                 self.skip_now(peer_uid, &LoginContext { user, ..login }, gids.as_deref())
             }
             // Both went their own way above.
@@ -383,15 +389,12 @@ impl Service {
                 ErrorKind::Internal,
                 "mail requests are not served here",
             )),
-            Request::VerifyCode { login, code } => {
-                let gids = self.login_gids(&login.user, &user);
-                self.verify(
-                    peer_uid,
-                    &LoginContext { user, ..login },
-                    &code,
-                    gids.as_deref(),
-                )
-            }
+            Request::VerifyCode { login, code } => self.verify(
+                peer_uid,
+                &LoginContext { user, ..login },
+                &code,
+                gids.as_deref(),
+            ),
             Request::Status { .. } => self.status(&user),
             Request::PhoneAdd { name, code, .. } => {
                 self.phone_add(peer_uid, &user, &name, code.as_ref())

@@ -714,6 +714,7 @@ impl Store for SqliteStore {
             "email_codes",
             "backup_codes",
             "disabled",
+            "pushes_sent",
         ] {
             tx.execute(&format!("DELETE FROM {table} WHERE user = ?1"), [user])?;
         }

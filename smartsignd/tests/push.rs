@@ -507,3 +507,24 @@ fn a_stalled_client_holds_up_no_other_push() {
     drop(stalled);
     s.wait_audit(&["service=stall", "result=withdrawn"]);
 }
+
+/// A phone removed (lost, stolen) while its push waits cannot approve it.
+#[test]
+fn a_phone_removed_meanwhile_cannot_approve() {
+    let s = setup("removed", "30s", "");
+    let (_, phone) = s.phone("Pixel 8");
+    let (_, _other) = s.phone("work iPhone");
+    std::thread::scope(|scope| {
+        let login = scope.spawn(|| s.ssh("", ""));
+        let note = note_within(&phone);
+        let number = s.shown_number();
+        let out = s
+            .daemon
+            .cli(&["--user", &s.user.name, "phone", "remove", "Pixel 8"]);
+        assert!(out.status.success(), "{out:?}");
+        note.tap(&number);
+        let login = login.join().unwrap();
+        assert!(!login.status.success(), "{}", s.explain(&login));
+        assert!(s.audit_has(&["result=deny", "no longer enrolled"]));
+    });
+}

@@ -246,9 +246,11 @@ fn load(
                     let (mut allow, mut deny, mut other) = (0u64, 0u64, 0u64);
                     while Instant::now() < deadline {
                         let n = next.fetch_add(1, Ordering::Relaxed);
-                        let (user, secret) = &all[n as usize % all.len()];
+                        let len = all.len() as u64;
+                        let (user, secret) = &all[(n % len) as usize];
                         let right = totp::code_at(secret, now()).unwrap_or_default();
-                        let code = if n.is_multiple_of(2) {
+                        // Every account gets right and wrong codes in turn.
+                        let code = if (n / len).is_multiple_of(2) {
                             right
                         } else {
                             wrong(&right)
@@ -401,5 +403,8 @@ fn hold_pushes(socket: &Path, accounts_file: &Path, count: usize, seconds: f64) 
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs_f64(seconds));
     drop(held);
+    if refused > 0 {
+        return Err(format!("{refused} pushes were refused"));
+    }
     Ok(())
 }

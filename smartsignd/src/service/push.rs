@@ -145,26 +145,33 @@ impl Service {
         id: u64,
     ) -> Option<Verdict> {
         let now = (self.clock)();
-        match pushes.wait_answer(id, Duration::ZERO) {
+        match pushes.answer_of(id) {
             Some(Answer::Approved { phone }) => {
                 let _one_at_a_time = self.account_lock(&login.user);
-                let locked = self.store.locked_until(&login.user, now);
-                if let Ok(Some(until)) = locked {
-                    return Some(Verdict {
-                        response: Response::LockedOut { until },
-                        audit: Some((
-                            Outcome::Deny,
-                            "approved on the phone, but the account is locked out".into(),
-                            Some(phone),
-                        )),
+                let refused = |why: &str, response| {
+                    Some(Verdict {
+                        response,
+                        audit: Some((Outcome::Deny, why.to_owned(), Some(phone.clone()))),
                         binding: false,
-                    });
+                    })
+                };
+                // The phone may have been removed (lost, stolen) since the
+                // push went out, or the account locked.
+                let still_there = self.store.phones(&login.user).is_ok_and(|phones| {
+                    phones
+                        .iter()
+                        .any(|p| p.confirmed && p.name == phone && p.push_topic.is_some())
+                });
+                if !still_there {
+                    let why = "approved on a phone that is no longer enrolled";
+                    let response = Response::Deny {
+                        reason: DenyReason::PushEnded,
+                    };
+                    return refused(why, response);
                 }
-                if let Err(err) = self.store.clear_failures(&login.user) {
-                    crate::say!("clearing failures of {}: {err}", login.user);
-                }
-                if let Err(err) = self.store.mark_used(&login.user, &phone, now) {
-                    crate::say!("noting the use of {phone:?}: {err}");
+                if let Ok(Some(until)) = self.store.locked_until(&login.user, now) {
+                    let why = "approved on the phone, but the account is locked out";
+                    return refused(why, Response::LockedOut { until });
                 }
                 Some(Verdict {
                     response: Response::Allow {
@@ -283,16 +290,17 @@ impl Service {
                 );
                 return Started::Answer(Response::error(ErrorKind::PushFailed, why));
             }
-            let opened = match self.admit_push(&login.user, now) {
-                Ok(()) => setup
-                    .pushes
-                    .open(&login.user, &targets, setup.config.timeout),
-                Err(refusal) => {
-                    let why = format!("no push: {}", refusal.message);
-                    self.audit_push(&login, peer_uid, None, Outcome::Failed, &why);
-                    return Started::Answer(Response::error(refusal.kind, refusal.message));
-                }
-            };
+            let opened = setup
+                .pushes
+                .open(&login.user, &targets, setup.config.timeout);
+            if let Ok((opened, _)) = &opened
+                && let Err(refusal) = self.admit_push(&login.user, now)
+            {
+                setup.pushes.close(opened.id);
+                let why = format!("no push: {}", refusal.message);
+                self.audit_push(&login, peer_uid, None, Outcome::Failed, &why);
+                return Started::Answer(Response::error(refusal.kind, refusal.message));
+            }
             match opened {
                 Ok(opened) => opened,
                 Err(PushError(why)) => {
@@ -341,12 +349,17 @@ impl Service {
         };
         let mut sent = Vec::new();
         let mut failures = Vec::new();
+        let mut failed = Vec::new();
         for (phone, result) in results {
             match result {
                 Ok(()) => sent.push(phone),
-                Err(err) => failures.push(format!("{phone:?}: {err}")),
+                Err(err) => {
+                    failures.push(format!("{phone:?}: {err}"));
+                    failed.push(phone);
+                }
             }
         }
+        setup.pushes.forget_phones(opened.id, &failed);
         if sent.is_empty() {
             setup.pushes.close(opened.id);
             let why = failures.join("; ");
@@ -418,7 +431,14 @@ impl Service {
             ),
             buttons: Vec::new(),
         };
-        match setup.relay.publish(&note) {
+        let sent = setup.publisher().and_then(|publisher| {
+            let results = publisher.publish_all(vec![note]);
+            results
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(PushError("the relay did not answer in time".into())))
+        });
+        match sent {
             Ok(()) => {
                 self.audit_manage(peer_uid, user, Some(name), "test notification sent");
                 Ok(Response::Done)
@@ -432,6 +452,18 @@ impl Service {
                 );
                 Err(Refusal::quiet(ErrorKind::PushFailed, why))
             }
+        }
+    }
+
+    /// A login took the phone's approval: its failures are forgiven and
+    /// the phone's use is noted (not before: the user may type a code).
+    fn approved(&self, login: &LoginContext, phone: &str) {
+        let _one_at_a_time = self.account_lock(&login.user);
+        if let Err(err) = self.store.clear_failures(&login.user) {
+            crate::say!("clearing failures of {}: {err}", login.user);
+        }
+        if let Err(err) = self.store.mark_used(&login.user, phone, (self.clock)()) {
+            crate::say!("noting the use of {phone:?}: {err}");
         }
     }
 
@@ -490,7 +522,9 @@ impl Service {
                     last_error.clear();
                 }
                 setup.pushes.set_relay_up(true);
-                backoff = Duration::from_millis(250);
+                if event.event != "open" {
+                    backoff = Duration::from_millis(250);
+                }
                 since = since.max(event.time);
                 if event.event == "message"
                     && seen.first_time(&event.id)
@@ -634,9 +668,10 @@ impl Waiting {
                     return false;
                 }
                 let why = match &self.verdict {
-                    Some(Verdict { audit: Some(_), .. }) => {
-                        "approved on the phone, but the user answered otherwise"
-                    }
+                    Some(Verdict {
+                        response: Response::Allow { .. },
+                        ..
+                    }) => "approved on the phone, but the user answered otherwise",
                     Some(_) => "ended",
                     None => "withdrawn: the login went on without it (another answer, or it ended)",
                 };
@@ -670,6 +705,9 @@ impl Waiting {
         if self.waiting
             && let Some(done) = self.verdict.take()
         {
+            if let Response::Allow { phone } = &done.response {
+                service.approved(login, phone);
+            }
             if let Some((outcome, why, phone)) = &done.audit {
                 service.audit_push(login, peer_uid, phone.as_deref(), *outcome, why);
             }
@@ -678,6 +716,14 @@ impl Waiting {
         }
         if Instant::now() >= self.give_up {
             pushes.close(self.id);
+            if let Some(Verdict {
+                audit: Some((_, _, phone)),
+                ..
+            }) = &self.verdict
+            {
+                let why = "withdrawn: approved on the phone, but the login never took the answer";
+                service.audit_push(login, peer_uid, phone.as_deref(), Outcome::Withdrawn, why);
+            }
             return false;
         }
         true
