@@ -7,7 +7,8 @@ as the ntfy app would (an HTTP POST of the button's body to the relay), and
 measures from the tap to pamtester's exit with success. The relay is
 smartsignd/tests/ntfy_standin.py. Prints median, p99, min and max.
 
-Run as root from anywhere (it adds throw-away users):
+Run as root from anywhere (it adds throw-away users sspush00, sspush01, ...
+and stops if one exists already):
     bench/push_latency.py [ROUNDS]      (default 100)
 """
 
@@ -116,7 +117,10 @@ def main():
         with open(os.path.join(tmp, "passdb"), "w") as passdb:
             for i in range(count):
                 user = f"sspush{i:02d}"
-                subprocess.run(["userdel", "-r", user], stderr=subprocess.DEVNULL)
+                exists = subprocess.run(["id", user], capture_output=True).returncode == 0
+                if exists:
+                    sys.exit(f"push_latency: user {user} exists already; remove it first "
+                             f"(userdel -r {user}) if it is a leftover of this benchmark")
                 subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", user], check=True)
                 users.append(user)
                 passdb.write(f"{user}:pw:bench-push\n")

@@ -90,7 +90,8 @@ pub enum EmailCommand {
     SendCode,
     /// Stop sending codes by email.
     Remove {
-        /// A current code from one of the account's phones (`-`: standard input).
+        /// A current code from one of the account's phones, or for an account
+        /// with an address alone the code from `email send-code` (`-`: standard input).
         #[arg(long, value_name = "CODE")]
         code: Option<String>,
     },

@@ -104,6 +104,15 @@ fn relay_url<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
     check_relay_url(&text).map_err(serde::de::Error::custom)
 }
 
+/// A host name or address that is this host.
+fn is_this_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn check_relay_url(text: &str) -> Result<String, String> {
     let bad = |why: &str| format!("{text:?} is not a relay URL such as \"https://ntfy.sh\": {why}");
     let uri: ureq::http::Uri = text.parse().map_err(|err| bad(&format!("{err}")))?;
@@ -114,12 +123,7 @@ pub fn check_relay_url(text: &str) -> Result<String, String> {
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") => {
-            let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let local = bare == "localhost"
-                || bare
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if !local {
+            if !is_this_host(host) {
                 return Err(bad("plain http only for a relay on this host; use https"));
             }
         }
@@ -478,6 +482,12 @@ impl Config {
             }
         }
         let Some(email) = &self.email else {
+            if self.policy.email_only {
+                return Err(error(
+                    "email_only",
+                    "email_only needs an [email] table: codes are mailed at every login".into(),
+                ));
+            }
             return Ok(());
         };
         if email.transport == MailTransport::Smtp && email.host.is_none() {
@@ -485,6 +495,16 @@ impl Config {
         }
         if email.user.is_some() != email.password_file.is_some() {
             return Err(error("user", "user and password_file go together".into()));
+        }
+        if email.transport == MailTransport::Smtp
+            && email.tls == MailTls::None
+            && !email.host.as_deref().is_some_and(is_this_host)
+        {
+            return Err(error(
+                "tls",
+                "tls = \"none\" only for a mail server on this host (localhost, 127.0.0.1, ::1)"
+                    .into(),
+            ));
         }
         if email.user.is_some() && email.tls == MailTls::None {
             return Err(error(
@@ -832,12 +852,26 @@ mod tests {
             ),
             (
                 format!(
-                    "{EMAIL}transport = \"smtp\"\nhost = \"h\"\ntls = \"none\"\nuser = \"u\"\n\
+                    "{EMAIL}transport = \"smtp\"\nhost = \"localhost\"\ntls = \"none\"\nuser = \"u\"\n\
                      password_file = \"/p\"\n"
                 ),
                 5,
                 "tls",
                 "never sent without TLS",
+            ),
+            (
+                format!(
+                    "{EMAIL}transport = \"smtp\"\nhost = \"mail.example.org\"\ntls = \"none\"\n"
+                ),
+                5,
+                "tls",
+                "only for a mail server on this host",
+            ),
+            (
+                "[policy]\nemail_only = true\n".into(),
+                2,
+                "email_only",
+                "needs an [email] table",
             ),
             (
                 "[email]\nfrom = \"not an address\"\ntransport = \"sendmail\"\n".into(),

@@ -226,7 +226,7 @@ fn load(
         "daemon throughput",
         "clients",
         "requests",
-        "per second",
+        "verify/s",
         "p50 ms",
         "p99 ms",
         "allow",

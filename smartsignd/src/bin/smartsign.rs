@@ -463,7 +463,8 @@ impl App {
         if !yes {
             let answer = prompt(&format!(
                 "Remove every phone, the address and the backup codes of {user}? Type yes: "
-            ))?;
+            ))
+            .map_err(|Failure(exit, why)| Failure(exit, format!("{why} (or add --yes)")))?;
             if answer.expose() != "yes" {
                 return Err(Failure(Exit::Failed, "nothing changed".into()));
             }
