@@ -249,8 +249,9 @@ fn load(
                         let len = all.len() as u64;
                         let (user, secret) = &all[(n % len) as usize];
                         let right = totp::code_at(secret, now()).unwrap_or_default();
-                        // Every account gets right and wrong codes in turn.
-                        let code = if (n / len).is_multiple_of(2) {
+                        // Half right, half wrong, and every account gets both
+                        // in turn (the other half on the next pass).
+                        let code = if (n + n / len).is_multiple_of(2) {
                             right
                         } else {
                             wrong(&right)
