@@ -136,7 +136,10 @@ def main():
                 subprocess.run(cli + ["phone", "confirm", "bench", code], check=True,
                                capture_output=True)
                 notes = queue.Queue()
-                threading.Thread(target=follow, args=(added["push_url"], notes), daemon=True).start()
+                phone = threading.Thread(
+                    target=follow, args=(added["push_url"], notes), daemon=True
+                )
+                phone.start()
                 phones[user] = notes
         time.sleep(0.5)  # the phones' subscriptions open
 

@@ -172,33 +172,9 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
     // An account enrolled by its address alone: the code is mailed at once.
     if phones.is_empty() && push.is_none() && email.is_some() {
         email = None;
-        match daemon.call(Request::SendEmailCode {
-            login: login.clone(),
-        }) {
-            Ok(Response::EmailSent { to, .. }) => emailed_to = Some(to),
-            // A backup code still works.
-            Ok(Response::Error {
-                kind: ErrorKind::MailFailed | ErrorKind::TooMany,
-                message,
-            }) => {
-                pam.log(
-                    Priority::Warning,
-                    &format!("no code was emailed: {message}"),
-                );
-                pam.error(&format!(
-                    "SmartSign could not email a code: {message}. Type a backup code."
-                ));
-            }
-            Err(ClientError::Timeout) => {
-                pam.log(
-                    Priority::Warning,
-                    "no answer in time while a code was being emailed",
-                );
-                pam.error("SmartSign could not email a code in time. Type a backup code.");
-            }
-            Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
-            Ok(other) => return odd_answer(pam, args, &other),
-            Err(err) => return unavailable(pam, args, &err.to_string()),
+        match email_code(pam, daemon, args, &login, now, "Type a backup code.") {
+            Ok(to) => emailed_to = to,
+            Err(outcome) => return outcome,
         }
     }
     for _ in 0..MAX_PROMPTS {
@@ -285,40 +261,59 @@ pub fn authenticate(pam: &mut dyn Pam, daemon: &dyn Daemon, args: &Args, now: u6
             return verify(pam, daemon, args, login, answer, now);
         }
         email = None;
-        match daemon.call(Request::SendEmailCode {
-            login: login.clone(),
-        }) {
-            Ok(Response::EmailSent { to, .. }) => emailed_to = Some(to),
-            Ok(Response::Error {
-                kind: ErrorKind::MailFailed | ErrorKind::TooMany,
-                message,
-            }) => {
-                pam.log(
-                    Priority::Warning,
-                    &format!("no code was emailed: {message}"),
-                );
-                pam.error(&format!(
-                    "SmartSign could not email a code: {message}. Type the code from your phone."
-                ));
-            }
-            // The daemon answered before; a mail server keeping it busy past
-            // our bound leaves the app code, not the fail mode.
-            Err(ClientError::Timeout) => {
-                pam.log(
-                    Priority::Warning,
-                    "no answer in time while a code was being emailed",
-                );
-                pam.error(
-                    "SmartSign could not email a code in time. Type the code from your phone.",
-                );
-            }
-            Ok(Response::LockedOut { until }) => return locked_out(pam, until, now),
-            Ok(other) => return odd_answer(pam, args, &other),
-            Err(err) => return unavailable(pam, args, &err.to_string()),
+        let instead = "Type the code from your phone.";
+        match email_code(pam, daemon, args, &login, now, instead) {
+            Ok(to) => emailed_to = to,
+            Err(outcome) => return outcome,
         }
     }
     pam.error("SmartSign: no code was given.");
     Outcome::AuthErr
+}
+
+/// Has a code mailed: `Ok(Some(masked address))` when it went, `Ok(None)`
+/// when it could not (the user is told, and `instead` says what to type).
+fn email_code(
+    pam: &mut dyn Pam,
+    daemon: &dyn Daemon,
+    args: &Args,
+    login: &LoginContext,
+    now: u64,
+    instead: &str,
+) -> Result<Option<String>, Outcome> {
+    match daemon.call(Request::SendEmailCode {
+        login: login.clone(),
+    }) {
+        Ok(Response::EmailSent { to, .. }) => Ok(Some(to)),
+        Ok(Response::Error {
+            kind: ErrorKind::MailFailed | ErrorKind::TooMany,
+            message,
+        }) => {
+            pam.log(
+                Priority::Warning,
+                &format!("no code was emailed: {message}"),
+            );
+            pam.error(&format!(
+                "SmartSign could not email a code: {message}. {instead}"
+            ));
+            Ok(None)
+        }
+        // The daemon answered before; a mail server keeping it busy past
+        // our bound leaves the other codes, not the fail mode.
+        Err(ClientError::Timeout) => {
+            pam.log(
+                Priority::Warning,
+                "no answer in time while a code was being emailed",
+            );
+            pam.error(&format!(
+                "SmartSign could not email a code in time. {instead}"
+            ));
+            Ok(None)
+        }
+        Ok(Response::LockedOut { until }) => Err(locked_out(pam, until, now)),
+        Ok(other) => Err(odd_answer(pam, args, &other)),
+        Err(err) => Err(unavailable(pam, args, &err.to_string())),
+    }
 }
 
 /// Sends the push; `Ok(None)` when push cannot be had this time (the user

@@ -559,7 +559,8 @@ mod tests {
             let frame: RequestFrame = serde_json::from_str(text).unwrap();
             assert_eq!(frame.request.op(), op);
         }
-        let sent = r#"{"v":1,"response":{"result":"push_sent","number":47,"phones":["Pixel 8"],"expires":1800000060}}"#;
+        let sent = r#"{"v":1,"response":{"result":"push_sent","number":47,
+            "phones":["Pixel 8"],"expires":1800000060}}"#;
         let frame: ResponseFrame = serde_json::from_str(sent).unwrap();
         assert_eq!(
             frame.response,

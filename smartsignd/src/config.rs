@@ -852,8 +852,8 @@ mod tests {
             ),
             (
                 format!(
-                    "{EMAIL}transport = \"smtp\"\nhost = \"localhost\"\ntls = \"none\"\nuser = \"u\"\n\
-                     password_file = \"/p\"\n"
+                    "{EMAIL}transport = \"smtp\"\nhost = \"localhost\"\ntls = \"none\"\n\
+                     user = \"u\"\npassword_file = \"/p\"\n"
                 ),
                 5,
                 "tls",

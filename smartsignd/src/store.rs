@@ -692,13 +692,16 @@ impl Store for SqliteStore {
     fn set_disabled(&self, user: &str, by_root: Option<bool>, now: u64) -> StoreResult<()> {
         let db = self.lock()?;
         match by_root {
-            Some(by_root) => db.prepare_cached("INSERT INTO disabled (user, since, by_root) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user) DO UPDATE SET since = excluded.since, by_root = excluded.by_root")?
-            .execute(
-                params![user, now as i64, by_root],
-            )?,
-            None => db.prepare_cached("DELETE FROM disabled WHERE user = ?1")?
-            .execute( [user])?,
+            Some(by_root) => db
+                .prepare_cached(
+                    "INSERT INTO disabled (user, since, by_root) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (user) DO UPDATE
+                     SET since = excluded.since, by_root = excluded.by_root",
+                )?
+                .execute(params![user, now as i64, by_root])?,
+            None => db
+                .prepare_cached("DELETE FROM disabled WHERE user = ?1")?
+                .execute([user])?,
         };
         Ok(())
     }

@@ -268,7 +268,8 @@ impl App {
         match self.call(request)? {
             Response::Done => {
                 println!(
-                    "The relay took a test notification for {name:?}; it should show on the phone now."
+                    "The relay took a test notification for {name:?}; \
+                     it should show on the phone now."
                 );
                 Ok(())
             }

@@ -133,12 +133,14 @@ impl Service {
                 .is_some_and(|since| phone.created <= since)
         {
             self.store.remove_phone(user, name)?;
-            let why = "pending phone dropped: added before the address enrolled the account, without proof";
+            let why = "pending phone dropped: added before the address enrolled the account, \
+                       without proof";
             self.audit_manage(peer_uid, user, Some(name), why);
             return Err(Refusal::quiet(
                 ErrorKind::Refused,
                 format!(
-                    "{name:?} was added before the account's address enrolled it, without proof; add it again"
+                    "{name:?} was added before the account's address enrolled it, \
+                     without proof; add it again"
                 ),
             ));
         }

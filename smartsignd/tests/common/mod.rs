@@ -538,7 +538,9 @@ pub fn ssh_methods(
              case \"$1\" in\n\
                *'on your phone, then press Enter'*)\n\
                  if [ \"$(cat \"$d/push\")\" = wait-for-tap ]; then i=0\n\
-                   while [ ! -f \"$d/push-ready\" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n\
+                   while [ ! -f \"$d/push-ready\" ] && [ $i -lt 200 ]; do\n\
+                     sleep 0.1; i=$((i+1))\n\
+                   done\n\
                    cat \"$d/push-ready\"\n\
                  else cat \"$d/push\"; fi ;;\n\
                *'or 1 to email'*|*'s to skip SmartSign'*) cat \"$d/first\" ;;\n\
