@@ -591,15 +591,9 @@ impl Pushes {
             .is_none_or(|l| Instant::now() >= l.expires)
     }
 
-    /// The stream is up (`true`) or has failed.
-    pub fn set_relay_up(&self, up: bool) {
-        let mut book = self.book();
-        match (up, book.down_since) {
-            (true, _) => book.down_since = None,
-            (false, None) => book.down_since = Some(Instant::now()),
-            (false, Some(_)) => {}
-        }
-        drop(book);
+    /// The stream to the relay is up.
+    pub fn set_relay_up(&self) {
+        self.book().down_since = None;
     }
 
     /// `stream` (non-blocking) gets a byte at every answer.
@@ -633,11 +627,6 @@ impl Pushes {
     /// How long the response stream has been down, if it is.
     pub fn relay_down_for(&self) -> Option<Duration> {
         self.book().down_since.map(|since| since.elapsed())
-    }
-
-    /// Pushes waiting for an answer, for status and benchmarks.
-    pub fn live_count(&self) -> usize {
-        self.book().live.len()
     }
 }
 

@@ -562,12 +562,7 @@ impl Service {
                 "this change needs the current code from one of the account's enrolled phones",
             ));
         };
-        let login = LoginContext {
-            user: user.to_owned(),
-            service: "smartsign".into(),
-            rhost: None,
-            tty: None,
-        };
+        let login = manage_login(user);
         // Only a phone proves a phone: an emailed code is a one-time
         // fallback, and whoever reads the mailbox must not gain a phone by it.
         match self.verify_codes(
@@ -578,13 +573,7 @@ impl Service {
             Apply::EnrollmentOnly,
         )? {
             Response::Allow { .. } | Response::NotEnrolled => Ok(()),
-            Response::LockedOut { until } => Err(Refusal::quiet(
-                ErrorKind::Refused,
-                format!(
-                    "{user} is locked out after too many wrong codes until {}",
-                    time(until)
-                ),
-            )),
+            Response::LockedOut { until } => Err(locked_refusal(user, until)),
             Response::Deny { reason } => Err(Refusal::quiet(
                 ErrorKind::WrongCode,
                 format!("{} (from one of your enrolled phones)", reason.describe()),
@@ -623,20 +612,9 @@ impl Service {
         };
         let now = (self.clock)();
         if let Some(until) = self.store.locked_until(user, now)? {
-            return Err(Refusal::quiet(
-                ErrorKind::Refused,
-                format!(
-                    "{user} is locked out after too many wrong codes until {}",
-                    time(until)
-                ),
-            ));
+            return Err(locked_refusal(user, until));
         }
-        let login = LoginContext {
-            user: user.to_owned(),
-            service: "smartsign".into(),
-            rhost: None,
-            tty: None,
-        };
+        let login = manage_login(user);
         // Only a code mailed for a change: a login code opens a login, and
         // the mail that carried it said so, not that it adds a phone.
         let Some(reason) = self.take_change_code(user, &normalize(code.expose()), now)? else {
@@ -647,13 +625,7 @@ impl Service {
             return Ok(());
         };
         match self.refuse_code(peer_uid, &login, Method::EmailCode, reason, now)? {
-            Response::LockedOut { until } => Err(Refusal::quiet(
-                ErrorKind::Refused,
-                format!(
-                    "{user} is locked out after too many wrong codes until {}",
-                    time(until)
-                ),
-            )),
+            Response::LockedOut { until } => Err(locked_refusal(user, until)),
             _ => Err(Refusal::quiet(
                 ErrorKind::WrongCode,
                 format!("{} (the code mailed for this change)", reason.describe()),
@@ -969,6 +941,28 @@ impl Service {
             reason: reason.to_owned(),
             peer_uid: Some(peer_uid),
         });
+    }
+}
+
+/// A change refused because the account is locked out.
+fn locked_refusal(user: &str, until: u64) -> Refusal {
+    Refusal::quiet(
+        ErrorKind::Refused,
+        format!(
+            "{user} is locked out after too many wrong codes until {}",
+            time(until)
+        ),
+    )
+}
+
+/// The context of a request from the smartsign command: an account change
+/// (a proof checked as at login), not a login.
+fn manage_login(user: &str) -> LoginContext {
+    LoginContext {
+        user: user.to_owned(),
+        service: "smartsign".into(),
+        rhost: None,
+        tty: None,
     }
 }
 

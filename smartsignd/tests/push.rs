@@ -268,6 +268,9 @@ fn relay_killed_while_waiting_fails_clearly_and_a_code_still_works() {
     std::thread::scope(|scope| {
         let login = scope.spawn(|| s.ssh("", &code));
         let _note = note_within(&phone);
+        // Killed once smartsignd has the relay's answer to the publish, not
+        // between the phone getting the notification and that answer.
+        s.wait_audit(&["method=push", "result=pending"]);
         s.relay.stop();
         let login = login.join().unwrap();
         assert!(login.logged_in_as(&s.user.name), "{}", s.explain(&login));
@@ -284,7 +287,11 @@ fn relay_killed_while_waiting_fails_clearly_and_a_code_still_works() {
             "{}",
             s.explain(&login)
         );
-        assert!(s.audit_has(&["method=push", "unreachable"]));
+        assert!(
+            s.audit_has(&["method=push", "unreachable"]),
+            "{}",
+            s.explain(&login)
+        );
     });
 }
 

@@ -62,12 +62,7 @@ impl Service {
     /// Mails the proof for a change to an account enrolled by its address
     /// alone (`smartsign email send-code`). It opens no login.
     pub(super) fn send_change_code(&self, peer_uid: u32, user: &str) -> Result<Response, Refusal> {
-        let login = LoginContext {
-            user: user.to_owned(),
-            service: "smartsign".into(),
-            rhost: None,
-            tty: None,
-        };
+        let login = super::manage_login(user);
         let outgoing = {
             let _one_at_a_time = self.account_lock(user);
             if !self.email_only_enrolled(user)? {
@@ -161,12 +156,7 @@ impl Service {
         let address = mail::check_address(address)
             .map_err(|why| Refusal::quiet(ErrorKind::BadRequest, why))?
             .to_string();
-        let login = LoginContext {
-            user: user.to_owned(),
-            service: "smartsign".into(),
-            rhost: None,
-            tty: None,
-        };
+        let login = super::manage_login(user);
         let outgoing = {
             let _one_at_a_time = self.account_lock(user);
             if peer_uid == 0 {

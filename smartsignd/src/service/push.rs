@@ -218,10 +218,7 @@ impl Service {
             }
             None => match pushes.relay_down_for() {
                 Some(down) if down >= crate::push::RELAY_GIVE_UP => {
-                    let why = format!(
-                        "the push relay has been unreachable for {} s",
-                        down.as_secs()
-                    );
+                    let why = relay_down(down);
                     self.audit_push(login, peer_uid, None, Outcome::Failed, &why);
                     Some(Verdict {
                         response: Response::error(ErrorKind::PushFailed, why),
@@ -277,10 +274,7 @@ impl Service {
             if let Some(down) = setup.pushes.relay_down_for()
                 && down >= crate::push::RELAY_GIVE_UP
             {
-                let why = format!(
-                    "the push relay has been unreachable for {} s",
-                    down.as_secs()
-                );
+                let why = relay_down(down);
                 self.audit_push(
                     &login,
                     peer_uid,
@@ -521,7 +515,7 @@ impl Service {
                     crate::say!("push answers: following the relay again");
                     last_error.clear();
                 }
-                setup.pushes.set_relay_up(true);
+                setup.pushes.set_relay_up();
                 if event.event != "open" {
                     backoff = Duration::from_millis(250);
                 }
@@ -728,6 +722,14 @@ impl Waiting {
         }
         true
     }
+}
+
+/// Why a push cannot be waited for: the relay has been gone this long.
+fn relay_down(down: Duration) -> String {
+    format!(
+        "the push relay has been unreachable for {} s",
+        down.as_secs()
+    )
 }
 
 enum Started {
