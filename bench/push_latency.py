@@ -39,6 +39,13 @@ def free_port():
         return s.getsockname()[1]
 
 
+def listening(port):
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for(what, ready, limit=15.0):
     end = time.monotonic() + limit
     while time.monotonic() < end:
@@ -48,12 +55,14 @@ def wait_for(what, ready, limit=15.0):
     sys.exit(f"push_latency: timed out waiting for {what}")
 
 
-def follow(url, notes):
+def follow(url, notes, opened):
     """The phone: follows its topic and queues each notification."""
     with urllib.request.urlopen(url + "/json", timeout=300) as stream:
         for line in stream:
             event = json.loads(line)
-            if event.get("event") == "message":
+            if event.get("event") == "open":
+                opened.set()
+            elif event.get("event") == "message":
                 notes.put(event)
 
 
@@ -91,6 +100,7 @@ def main():
             stdout=subprocess.DEVNULL,
         )
         processes.append(relay)
+        wait_for("the relay", lambda: listening(port))
         server = f"http://127.0.0.1:{port}"
         sock = os.path.join(tmp, "s.sock")
         config = os.path.join(tmp, "smartsign.toml")
@@ -135,13 +145,14 @@ def main():
                 ).stdout.strip()
                 subprocess.run(cli + ["phone", "confirm", "bench", code], check=True,
                                capture_output=True)
-                notes = queue.Queue()
+                notes, opened = queue.Queue(), threading.Event()
                 phone = threading.Thread(
-                    target=follow, args=(added["push_url"], notes), daemon=True
+                    target=follow, args=(added["push_url"], notes, opened), daemon=True
                 )
                 phone.start()
+                if not opened.wait(15):
+                    sys.exit("push_latency: the phone's subscription did not open")
                 phones[user] = notes
-        time.sleep(0.5)  # the phones' subscriptions open
 
         env = dict(os.environ, LD_PRELOAD="libpam_wrapper.so", PAM_WRAPPER="1",
                    PAM_WRAPPER_SERVICE_DIR=os.path.join(tmp, "pam.d"),
